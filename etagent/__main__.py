@@ -1,0 +1,39 @@
+"""`python -m etagent` / `etagent`: the Hydra entry point that runs the configured stages.
+
+    python -m etagent                         # the embedded default pipeline
+    python -m etagent preset=smoke            # same stages in about a minute
+    python -m etagent resume=true             # continue the latest matching run
+    python -m etagent -m experiment=et_agent,grpo_correctness seed=0,1,2   # a sweep
+    python -m etagent --cfg job               # print the composed config
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from etagent.config import ConfigError, validate
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from etagent.pipeline.runner import run_pipeline
+
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        print(f"[etagent] config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = run_pipeline(cfg)
+    # a scalar for Hydra sweepers (higher is better)
+    return summary.get("objective") if isinstance(summary, dict) else None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
