@@ -19,9 +19,9 @@ from etagent.utils.io import append_jsonl
 class Tracker:
     """Base tracker: JSONL per stage. Subclasses add a remote/offline mirror."""
 
-    def __init__(self, run_dir: str | os.PathLike | None = None, config: Mapping[str, Any] | None = None):
+    def __init__(self, run_dir: str | os.PathLike | None = None, run_config: Mapping[str, Any] | None = None):
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.config = dict(config or {})
+        self.config = dict(run_config or {})
         self._t0 = time.time()
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None, stage: str = "main") -> None:
@@ -54,9 +54,9 @@ class NullTracker(Tracker):
 
 
 class WandbTracker(Tracker):
-    def __init__(self, run_dir=None, config=None, project: str = "etagent", mode: str = "offline",
+    def __init__(self, run_dir=None, run_config=None, project: str = "etagent", mode: str = "offline",
                  entity: str | None = None, name: str | None = None, tags: list[str] | None = None):
-        super().__init__(run_dir, config)
+        super().__init__(run_dir, run_config)
         import wandb  # lazy: wandb import costs ~1 s
 
         if mode not in ("offline", "online", "disabled"):

@@ -40,13 +40,14 @@ def compose(overrides: list[str] | None = None, run_dir: Path | None = None):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        ov = list(overrides or [])
-        if run_dir is not None:
-            ov.append(f"paths.run_dir={run_dir}")
-        ov.append(f"paths.shared_dir={SHARED}")
-        return hcompose(config_name="config", overrides=ov)
+    # Initialise Hydra once per process (re-initialising costs ~1 s per compose).
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=str(CONF), version_base="1.3")
+    ov = list(overrides or [])
+    if run_dir is not None:
+        ov.append(f"paths.run_dir={run_dir}")
+    ov.append(f"paths.shared_dir={SHARED}")
+    return hcompose(config_name="config", overrides=ov)
 
 
 @pytest.fixture

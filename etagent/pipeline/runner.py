@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from etagent.config import build
+from etagent.config import build_partial
 from etagent.pipeline import markers
 from etagent.pipeline.context import RunContext
 from etagent.utils.io import atomic_write_json, atomic_write_text
@@ -80,10 +80,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
     else:
         resumed = bool(cfg.get("resume", False))
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Interpolations like ${paths.run_dir}/world must point at the (possibly resumed) run.
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(run_dir)
     seed_everything(int(cfg.seed))
     cfg_copy = OmegaConf.to_container(cfg, resolve=False)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg_copy)))
-    tracker = build(cfg.logger, "logger", run_dir=str(run_dir), config=_safe_container(cfg))
+    tracker = build_partial(cfg.logger, "logger")(run_dir=str(run_dir), run_config=_safe_container(cfg))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, resume=resumed)
     ctx.threads()
     fns = _stage_fns()

@@ -1,0 +1,93 @@
+"""The generation-backend contract: token-id prefixes in, sampled token ids + log-probs out.
+
+Every backend (``hf`` in-process torch, ``vllm`` offline engine, ``openai`` HTTP server)
+implements :meth:`GenerationBackend.generate` on *token ids*, never on text, so the rollout
+engine can keep the exact sampled ids end to end (no decode/re-encode drift, cf. verl
+issues #3720/#3960).
+
+Log-probs: ``Completion.logprobs[i]`` is the log-probability of ``ids[i]`` under the
+temperature-scaled distribution ``softmax(logits / T)`` *before* top-p truncation (T=1 for
+greedy). That is the distribution the trainer recomputes for its importance ratio; a
+server may report a different convention (see each backend's docstring).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from etagent import protocol
+
+STOP, LENGTH, EOS = "stop", "length", "eos"
+FINISH_REASONS = (STOP, LENGTH, EOS)
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = protocol.STOP_STRINGS
+    seed: int | None = None
+    logprobs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.stop = tuple(self.stop or ())
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        return replace(self, **changes)
+
+
+@dataclass
+class Completion:
+    ids: list[int]  # sampled ids INCLUDING the stop-string tokens, excluding pad/eos
+    logprobs: list[float] | None  # one per id (see module docstring for the distribution)
+    finish_reason: str  # "stop" (hit a stop string) | "length" | "eos"
+    stop: str | None = None  # which stop string (finish_reason == "stop")
+    # Optional per-token entropy of the sampling distribution (hf only); used by entropy branching.
+    entropies: list[float] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"Completion.finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}")
+        if self.logprobs is not None and len(self.logprobs) != len(self.ids):
+            raise ValueError(f"Completion: {len(self.logprobs)} logprobs for {len(self.ids)} ids")
+
+
+class GenerationBackend(ABC):
+    """Samples continuations of token-id prefixes. ``tokenizer`` is the policy's tokenizer."""
+
+    tokenizer: Any = None
+
+    @abstractmethod
+    def generate(self, prefixes: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        """``[len(prefixes)][params.n]`` completions, in prefix order."""
+
+    def sync_weights(self, model: Any) -> None:  # pragma: no cover - backends override
+        """Make the next ``generate`` use ``model``'s current weights (after a training step)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sync weights")
+
+    def close(self) -> None:
+        """Release engines, pools or HTTP clients."""
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
+    """Earliest (end position, stop string) of any stop string in ``text``, or None."""
+    best: tuple[int, str] | None = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best[0]):
+            best = (i + len(s), s)
+    return best

@@ -1,0 +1,233 @@
+"""Label the four ineffective tool behaviours of a trajectory (paper section 2).
+
+``label_behaviour(traj, example, group)`` returns counts and flags:
+``n_calls, n_redundant, n_aborted, redundant, aborted, insufficient, erroneous, method``
+plus diagnostics ``n_useful``, ``redundant_calls`` and ``aborted_calls`` (call indices).
+A trajectory is "wrong" when ``grading.is_success(domain, traj.correct)`` is false
+(math: < 1; QA: F1 < 0.75).
+
+Calls are taken in order. A call is **aborted** when its status is not ``ok`` (tool error,
+timeout, invalid call, over budget); aborted calls are never also counted redundant.
+A **duplicate** is an ok call with the same kind and normalised query (python: all
+whitespace removed; search: lower-cased, punctuation dropped, whitespace collapsed) as
+an earlier ok call.
+
+Exact method (synthetic tasks: ``example.plan`` is a list of ``PlanStep``; each step's
+``expect`` is the value it must surface). A plan step is satisfied once its ``expect``
+appears in an ok result (numbers compared numerically, entities after QA normalisation
+at word boundaries). Walking the calls:
+
+* duplicate -> redundant;
+* surfaces a still-unsatisfied step -> useful (those steps become satisfied);
+* otherwise, if every step is already satisfied (always true for ``plan == []``) ->
+  redundant (beyond what the plan needs);
+* otherwise -> neither (an unproductive attempt while needs remain; it shows up as
+  ``insufficient`` or ``erroneous`` if the answer is wrong).
+
+``insufficient``: wrong answer and fewer plan steps satisfied than the plan has.
+``erroneous``: wrong answer although every plan step was satisfied. For a wrong answer
+exactly one of the two holds.
+
+Heuristic method (real benchmarks, ``example.plan is None``):
+
+* redundant: duplicates, and ok calls whose result is never used later -- none of the
+  result's salient tokens (numbers, words of 4+ letters that are not stop words and do
+  not already occur in the call's query or the question) appears in the later model
+  text (reasoning, later calls, answer; tool results excluded). An ok call with an empty
+  or salient-free result is unused too;
+* aborted: as above (tool errors);
+* insufficient: wrong answer and fewer ok calls than every correct sibling in ``group``
+  used (in particular: no call at all on a question the group solved only with calls);
+  False without a group or without a correct sibling;
+* erroneous: wrong answer and not insufficient.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from etagent import grading, protocol
+from etagent.records import OK, Example, PlanStep, ToolCall, Trajectory
+
+EXACT, HEURISTIC = "exact", "heuristic"
+
+_NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'\-]{3,}|-?\d[\d,]*(?:\.\d+)?")
+_PUNCT_RE = re.compile(r"[^\w\s]")
+_STOP = frozenset(
+    """this that with from have were what when where which while there their them they then than into
+    about after before also been being does done each just like more most much only over some such
+    very will would could should your yours result results answer python search print import return
+    true false none the and for""".split()
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def normalise_query(kind: str, query: str) -> str:
+    q = " ".join(str(query).split())
+    if kind == protocol.PYTHON:
+        q = "".join(q.split())  # why: "6*7" and "6 * 7" are the same call
+    elif kind == protocol.SEARCH:
+        q = " ".join(_PUNCT_RE.sub(" ", q.lower()).split())
+    return q
+
+
+def _as_number(s: str) -> float | None:
+    try:
+        return float(s.replace(",", "").strip())
+    except ValueError:
+        return None
+
+
+def surfaces(result: str, expect: str) -> bool:
+    """Whether a tool result shows the value a plan step must surface."""
+    target = _as_number(str(expect))
+    if target is not None:
+        for m in _NUM_RE.finditer(result):
+            v = _as_number(m.group(0))
+            if v is not None and abs(v - target) <= 1e-9 * max(1.0, abs(target)):
+                return True
+        return False
+    needle = grading.normalize_answer(expect)
+    return bool(needle) and f" {needle} " in f" {grading.normalize_answer(result)} "
+
+
+def _tokens(text: str) -> set[str]:
+    out = set()
+    for tok in _WORD_RE.findall(text):
+        num = _as_number(tok)
+        if num is not None:
+            out.add(repr(num))  # "42", "42.0" and "42," match
+        else:
+            out.add(tok.lower())
+    return out
+
+
+def _salient(result: str, exclude: set[str]) -> set[str]:
+    return {t for t in _tokens(result) if t not in _STOP and t not in exclude}
+
+
+def _later_texts(traj: Trajectory) -> list[str]:
+    """For each tool call, the model text that follows its result (results excluded).
+
+    Calls are aligned with the parsed ``<python>``/``<search>`` segments by order when the
+    counts agree; otherwise each query is searched for in order in the response text.
+    """
+    segs = protocol.parse(traj.response_text).segments
+    model = [(s.start, s.end, s.render()) for s in segs if s.kind != protocol.RESULT]
+    calls = [s for s in segs if s.kind in protocol.TOOL_TAGS]
+
+    def after(pos: int) -> str:
+        return "".join(t[max(0, pos - st) :] if st < pos < en else t for st, en, t in model if en > pos)
+
+    if len(calls) == len(traj.tool_calls):
+        return [after(s.end) for s in calls]
+    out, pos = [], 0
+    for c in traj.tool_calls:
+        i = traj.response_text.find(c.query, pos) if c.query else -1
+        if i < 0:
+            out.append(after(0))  # unknown position: the whole model text (lenient)
+        else:
+            pos = i + len(c.query)
+            out.append(after(pos))
+    return out
+
+
+def _is_wrong(traj: Trajectory, example: Example) -> bool:
+    return not grading.is_success(example.domain, float(traj.correct))
+
+
+# --------------------------------------------------------------------------- labelling
+
+
+def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> tuple[list[int], list[int], int, int]:
+    """(redundant indices, aborted indices, n_useful, n_satisfied_steps)."""
+    seen: set[tuple[str, str]] = set()
+    needed = list(range(len(plan)))
+    redundant, aborted, useful = [], [], 0
+    for i, c in enumerate(calls):
+        if c.status != OK:
+            aborted.append(i)
+            continue
+        key = (c.kind, normalise_query(c.kind, c.query))
+        if key in seen:
+            redundant.append(i)
+            continue
+        seen.add(key)
+        hit = [j for j in needed if surfaces(c.result, plan[j].expect)]
+        if hit:
+            useful += 1
+            needed = [j for j in needed if j not in hit]
+        elif not needed:
+            redundant.append(i)
+    return redundant, aborted, useful, len(plan) - len(needed)
+
+
+def _label_calls_heuristic(traj: Trajectory, question: str) -> tuple[list[int], list[int], int]:
+    later = _later_texts(traj)
+    q_tokens = _tokens(question)
+    seen: set[tuple[str, str]] = set()
+    redundant, aborted, useful = [], [], 0
+    for i, c in enumerate(traj.tool_calls):
+        if c.status != OK:
+            aborted.append(i)
+            continue
+        key = (c.kind, normalise_query(c.kind, c.query))
+        if key in seen:
+            redundant.append(i)
+            continue
+        seen.add(key)
+        sal = _salient(c.result, q_tokens | _tokens(c.query))
+        if sal and sal & _tokens(later[i]):
+            useful += 1
+        else:
+            redundant.append(i)
+    return redundant, aborted, useful
+
+
+def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None) -> dict[str, Any]:
+    """Behaviour counts and flags of one trajectory (see module docstring)."""
+    if traj.example_id and traj.example_id != example.id:
+        raise ValueError(f"label_behaviour: trajectory {traj.id!r} is for {traj.example_id!r}, not {example.id!r}")
+    wrong = _is_wrong(traj, example)
+    if example.plan is not None:
+        redundant, aborted, useful, satisfied = _label_calls_exact(traj.tool_calls, example.plan)
+        complete = satisfied == len(example.plan)
+        insufficient, erroneous, method = wrong and not complete, wrong and complete, EXACT
+    else:
+        redundant, aborted, useful = _label_calls_heuristic(traj, example.question)
+        insufficient = False
+        if wrong and group:
+            ok_calls = traj.num_calls - len(aborted)
+            solved = [
+                t.num_calls - t.num_failed_calls
+                for t in group
+                if t is not traj and (not t.id or t.id != traj.id) and not _is_wrong(t, example)
+            ]
+            insufficient = bool(solved) and ok_calls < min(solved)
+        erroneous, method = wrong and not insufficient, HEURISTIC
+    return {
+        "n_calls": traj.num_calls,
+        "n_redundant": len(redundant),
+        "n_aborted": len(aborted),
+        "n_useful": useful,
+        "redundant": bool(redundant),
+        "aborted": bool(aborted),
+        "insufficient": bool(insufficient),
+        "erroneous": bool(erroneous),
+        "method": method,
+        "redundant_calls": redundant,
+        "aborted_calls": aborted,
+    }
+
+
+def label_group(group: list[Trajectory], example: Example) -> list[dict[str, Any]]:
+    """Label every trajectory of a group (siblings inform the heuristic) and store it."""
+    out = []
+    for t in group:
+        t.behaviour = label_behaviour(t, example, group)
+        out.append(t.behaviour)
+    return out

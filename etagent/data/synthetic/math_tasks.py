@@ -1,0 +1,83 @@
+"""Math questions of the embedded suite: ones that need ``<python>`` and ones that do not.
+
+* ``math_tool``: multi-digit products, big sums, ``a mod b`` with big ``a``, powers, sums
+  of arithmetic sequences. Minimal plan = one python call printing the result; results
+  range from 1 to 9 digits (a tiny model otherwise learns to copy a fixed length).
+* ``math_recall``: single-digit products and sums (memorisable facts, 5 paraphrases).
+* ``math_copy``: the answer is stated in the question ("The answer is 4821. ...").
+
+The last two have an empty plan: a call there is redundant by construction.
+Departure from the paper: competition math (AIME/AMC/MATH500) is replaced by arithmetic
+whose tool need is unambiguous, so behaviour labels on it are exact.
+"""
+
+from __future__ import annotations
+
+import random
+
+from etagent.records import MATH, PlanStep
+
+from .common import Candidate, RecallFact
+
+_MUL = ("What is {a} * {b}?", "What is {a} times {b}?", "Compute {a} x {b}.", "Multiply {a} by {b}.",
+        "What is the product of {a} and {b}?")
+_ADD = ("What is {a} + {b}?", "What is {a} plus {b}?", "Compute {a} + {b}.", "Add {a} and {b}.",
+        "What is the sum of {a} and {b}?")
+_MOD = ("What is {a} mod {b}?", "What is the remainder when {a} is divided by {b}?", "Compute {a} modulo {b}.")
+_POW = ("What is {a} to the power of {b}?", "What is {a}^{b}?", "Compute {a} raised to the power {b}.")
+_SEQ = ("What is the sum of the first {n} terms of the arithmetic sequence that starts at {s} "
+        "with common difference {d}?",
+        "An arithmetic sequence starts at {s} and increases by {d}. What is the sum of its first {n} terms?")
+_COPY = ("The answer is {n}. What is the answer?", "Remember the number {n}. What number was it?",
+         "Repeat the number {n}.", "The secret number is {n}. What is the secret number?")
+
+TOOL_OPS = ("mul", "add", "mod", "pow", "seq_sum")
+
+
+def _num(rng: random.Random, digits: int) -> int:
+    return rng.randrange(10 ** (digits - 1), 10**digits)
+
+
+def _tool(question: str, code: str, value: int, op: str) -> Candidate:
+    step = PlanStep(tool="python", query=f"print({code})", expect=str(value))
+    return Candidate("math_tool", MATH, question, (str(value),), (step,), {"op": op})
+
+
+def tool_question(rng: random.Random) -> Candidate:
+    """One random tool-needing question (operation chosen uniformly)."""
+    op = rng.choice(TOOL_OPS)
+    if op == "mul":  # 2x2 .. 4x3 digits: 3..7-digit results
+        a, b = _num(rng, rng.randint(2, 4)), _num(rng, rng.randint(2, 3))
+        return _tool(rng.choice(_MUL).format(a=a, b=b), f"{a}*{b}", a * b, op)
+    if op == "add":  # big sums: 4..7 digits
+        a, b = _num(rng, rng.randint(3, 6)), _num(rng, rng.randint(3, 6))
+        return _tool(rng.choice(_ADD).format(a=a, b=b), f"{a}+{b}", a + b, op)
+    if op == "mod":  # 1..3-digit results
+        a, b = _num(rng, rng.randint(6, 9)), rng.randrange(7, 1000)
+        return _tool(rng.choice(_MOD).format(a=a, b=b), f"{a}%{b}", a % b, op)
+    if op == "pow":  # 4..9 digits
+        a, b = rng.randrange(11, 100), rng.randint(3, 4)
+        return _tool(rng.choice(_POW).format(a=a, b=b), f"{a}**{b}", a**b, op)
+    s, d, n = rng.randrange(1, 100), rng.randrange(2, 20), rng.randrange(10, 61)
+    value = n * s + d * n * (n - 1) // 2
+    return _tool(rng.choice(_SEQ).format(n=n, s=s, d=d), f"sum(range({s}, {s + d * n}, {d}))", value, op)
+
+
+def copy_question(rng: random.Random) -> Candidate:
+    n = _num(rng, rng.randint(1, 7))
+    return Candidate("math_copy", MATH, rng.choice(_COPY).format(n=n), (str(n),), (), {"op": "copy"})
+
+
+def recall_facts() -> list[RecallFact]:
+    """Single-digit products (2..9) and sums (1..9), each with 5 paraphrases."""
+    facts: list[RecallFact] = []
+    for op, templates, lo, fn in (("mul", _MUL, 2, lambda a, b: a * b), ("add", _ADD, 1, lambda a, b: a + b)):
+        for a in range(lo, 10):
+            for b in range(lo, 10):
+                value = fn(a, b)
+
+                def make(q: str, value: int = value, op: str = op) -> Candidate:
+                    return Candidate("math_recall", MATH, q, (str(value),), (), {"op": op})
+
+                facts.append(RecallFact(f"{op}:{a}:{b}", tuple(t.format(a=a, b=b) for t in templates), make))
+    return facts

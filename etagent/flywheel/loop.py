@@ -1,0 +1,254 @@
+"""The self-evolving data flywheel: rounds of sample -> split -> evolve -> verify -> merge.
+
+Round r: sample K trajectories per training question (optionally a rotating subset of
+``questions_per_round`` questions), split them into correct / incorrect, let each enabled
+strategy propose candidates (enhancement on correct, reflection on incorrect), verify all
+candidates with the real tools, keep the best ``keep_per_parent`` accepted per parent and
+strategy, merge samples + accepted edits into the de-duplicated pool, persist the round,
+optionally fine-tune the policy on the current SFT selection, and go again. Stops at
+``max_rounds`` or when a round adds no new eligible correct trajectory.
+
+Persistence: after each round, ``round_<r>.jsonl`` (the trajectories the round added) and
+``state.json`` (completed rounds, the table rows) are written atomically; a killed run
+re-loads finished rounds and continues with the next one. Final outputs: ``pool.jsonl``,
+``sft.jsonl`` (the selection), ``rounds.{json,md,png}``.
+
+Departures from the official flywheel (method-spec §3): evolution is per round over all
+samples instead of up to 5 sequential attempts per question; every kept edit is verified;
+``flywheel=none`` means "keep correct samples only" (rejection sampling), the baseline
+that isolates what the four operations add.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from etagent.flywheel.evolvers import Evolver, PolicyEvolver
+from etagent.flywheel.pool import SAMPLE, Pool
+from etagent.flywheel.report import behaviour_rates, write_round_report
+from etagent.flywheel.strategies import CORRECT, STRATEGIES, EvolveContext, build_strategies
+from etagent.flywheel.verify import ACCEPTED, Verifier
+from etagent.records import Example, Trajectory, read_jsonl, write_jsonl
+from etagent.utils.io import atomic_write_json, read_json
+
+ALL_STRATEGIES = ("modify_redundancy", "global_refine", "self_correct", "hint_injection")
+
+
+@dataclass
+class FlywheelConfig:
+    strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
+    samples_per_question: int = 4  # K
+    temperature: float = 1.0  # sampling and continuation temperature
+    max_rounds: int = 3  # official: up to 5 evolve attempts (run.sh uses 3)
+    extra_calls: int = 4  # per-kind call budget added for continuations (official ADDITIONAL_*_TIMES)
+    continuations: int = 2  # policy continuations per reflection prefix
+    keep_per_parent: int = 1  # accepted edits kept per (parent, strategy), best first
+    finetune_between_rounds: bool = False
+    max_per_question: int = 4  # SFT selection cap per question
+    questions_per_round: int | None = None  # None = all training questions every round
+    include_unedited_correct: bool = True  # RFT-style: correct samples are SFT data too
+    min_correct: float = 0.8  # QA F1 needed to count as correct (official flywheel: F1 > 0.8); math is 0/1
+    require_same_results: bool = True  # reject an edit whose re-executed results differ
+    allow_failed_calls: bool = False  # reject an edit whose re-executed calls fail
+    keep_hint_in_data: bool = True  # official: the hint text is part of the training data
+    stop_when_no_gain: bool = True
+    seed: int = 0
+    evolver: Any = None  # an Evolver overriding the `evolver` group (oracle upper bound only)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"flywheel.strategies: unknown {unknown} (known: {sorted(STRATEGIES)})")
+        for k in ("samples_per_question", "max_rounds", "continuations", "keep_per_parent"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"flywheel.{k} must be >= 1, got {getattr(self, k)}")
+        self.strategies = list(self.strategies)
+
+
+def coerce_config(cfg: Any) -> FlywheelConfig:
+    """Accept a FlywheelConfig, a dict or an OmegaConf node (``_target_`` ignored)."""
+    if isinstance(cfg, FlywheelConfig):
+        return cfg
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            from hydra.utils import instantiate
+
+            return instantiate(cfg) if "_target_" in cfg else FlywheelConfig(**OmegaConf.to_container(cfg, resolve=True))
+    except ImportError:  # pragma: no cover
+        pass
+    d = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+    names = {f.name for f in dataclasses.fields(FlywheelConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"flywheel config: unknown keys {unknown}")
+    return FlywheelConfig(**d)
+
+
+def _label_fn() -> Callable[..., dict] | None:
+    try:
+        from etagent.behaviour import label_behaviour
+    except ImportError:
+        return None
+    return label_behaviour
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _pick_questions(examples: list[Example], k: int | None, seed: int, round_: int) -> list[Example]:
+    if not k or k >= len(examples):
+        return list(examples)
+    return random.Random(seed * 1000 + round_).sample(list(examples), k)
+
+
+def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
+    """Verifier wired to the engine's tools, tokenizer and grader."""
+    from etagent import grading
+
+    return Verifier(
+        engine.toolset, engine.backend.tokenizer, getattr(engine, "grader", grading.grade),
+        min_correct=cfg.min_correct, require_same_results=cfg.require_same_results,
+        allow_failed_calls=cfg.allow_failed_calls, max_result_chars=getattr(engine, "max_result_chars", None),
+        result_sep=getattr(engine, "result_sep", ""), label_fn=_label_fn(),
+    )
+
+
+def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | Path, tracker: Any = None,
+                 finetune_fn: Callable[[list[Trajectory], int], Any] | None = None,
+                 evolver: Evolver | None = None, verifier: Verifier | None = None) -> Pool:
+    """Run the flywheel; returns the pool (also written to ``out_dir/pool.jsonl``).
+
+    ``finetune_fn(sft_trajectories, round)`` fine-tunes the engine's policy in place (and
+    syncs its backend); it must persist its own checkpoint, since on resume the loop calls
+    it again for the last finished round so the engine holds the right policy.
+    """
+    cfg = coerce_config(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evolver = cfg.evolver or evolver or PolicyEvolver()
+    if hasattr(evolver, "bind"):
+        evolver.bind(engine.backend)
+    verifier = verifier or build_verifier(engine, cfg)
+    strategies = build_strategies(cfg.strategies)
+    by_id = {e.id: e for e in examples}
+    label = _label_fn()
+
+    pool, rows, start, stopped, finetuned_after = Pool(), [], 1, None, 0
+    state_path = out / "state.json"
+    if state_path.exists():
+        state = read_json(state_path)
+        done = int(state["completed_rounds"])
+        for r in range(1, done + 1):
+            for t in read_jsonl(out / f"round_{r}.jsonl", Trajectory):
+                pool.add(t)
+        rows, start, stopped = list(state["rounds"]), done + 1, state.get("stopped")
+        finetuned_after = int(state.get("finetuned_after", 0))
+        if not stopped and finetune_fn and cfg.finetune_between_rounds and 0 < done < cfg.max_rounds:
+            # re-run (or reload, if finetune_fn finds its checkpoint) so the engine holds the round-`done` policy
+            finetune_fn(_select(pool, cfg), done)
+            finetuned_after = done
+            atomic_write_json(state_path, {**state, "finetuned_after": done})
+
+    for r in range(start, cfg.max_rounds + 1):
+        if stopped:
+            break
+        t0 = time.time()
+        qs = _pick_questions(examples, cfg.questions_per_round, cfg.seed, r)
+        ctx = EvolveContext(engine, verifier, evolver, round=r, extra_calls=cfg.extra_calls,
+                            continuations=cfg.continuations, temperature=cfg.temperature,
+                            keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed)
+        samples = engine.rollout(qs, cfg.samples_per_question,
+                                 ctx.sampling_params(cfg.temperature, cfg.samples_per_question), group_prefix=f"fw{r}-")
+        groups: dict[str, list[Trajectory]] = defaultdict(list)
+        for s in samples:
+            groups[s.example_id].append(s)
+        for s in samples:
+            s.meta["rollout_strategy"] = s.meta.get("strategy")  # the engine's (standard|branching)
+            s.meta.update(round=r, strategy=SAMPLE, parent_id=None)
+            if not s.behaviour and label is not None:
+                s.behaviour = dict(label(s, by_id[s.example_id], groups[s.example_id]))
+        split = {CORRECT: [], "incorrect": []}
+        for s in samples:
+            ok = not s.format_errors and verifier.is_correct(by_id[s.example_id], s.correct)
+            split[CORRECT if ok else "incorrect"].append((by_id[s.example_id], s))
+
+        added: list[Trajectory] = [s for s in samples if pool.add(s)]
+        stats: dict[str, Counter] = {st.name: Counter() for st in strategies}
+        rejected_by: dict[str, Counter] = {st.name: Counter() for st in strategies}
+        cands = []
+        for st in strategies:
+            c = st.propose(split[st.target], ctx)
+            stats[st.name]["proposed"] += len(c)
+            cands.extend(c)
+        verdicts = verifier.verify(cands)
+        accepted: dict[str, list] = defaultdict(list)
+        for v in verdicts:
+            name = v.candidate.strategy
+            if v.ok:
+                stats[name]["accepted"] += 1
+                accepted[v.candidate.key].append(v)
+            else:
+                stats[name]["rejected"] += 1
+                rejected_by[name][v.reason] += 1
+        for key in accepted:
+            for v in sorted(accepted[key], key=lambda v: v.candidate.rank)[: cfg.keep_per_parent]:
+                if pool.add(v.traj):
+                    added.append(v.traj)
+                    stats[v.candidate.strategy]["added"] += 1
+
+        write_jsonl(out / f"round_{r}.jsonl", added)
+        gain = sum(1 for t in added if t.correct >= cfg.min_correct and not t.format_errors
+                   and (cfg.include_unedited_correct or t.meta["strategy"] != SAMPLE))
+        sel = _select(pool, cfg)
+        trajs = pool.trajectories
+        row = {
+            "round": r, "questions": len(qs), "samples": len(samples),
+            "sample_correct": _mean([float(verifier.is_correct(by_id[s.example_id], s.correct)) for s in samples]),
+            "sample_mean_calls": _mean([s.num_calls for s in samples]),
+            **behaviour_rates(samples, "sample_"),
+            "accepted": sum(s["accepted"] for s in stats.values()),
+            "rejected": sum(s["rejected"] for s in stats.values()),
+            "added": len(added), "new_correct": gain,
+            "pool_size": len(pool),
+            "pool_correct": _mean([float(t.correct >= cfg.min_correct) for t in trajs]),
+            "pool_mean_calls": _mean([t.num_calls for t in trajs]),
+            **behaviour_rates(trajs, "pool_"),
+            "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
+            "wall_s": round(time.time() - t0, 2),
+            "strategies": {k: {**dict(v), "rejected_by": dict(rejected_by[k])} for k, v in stats.items()},
+            "stats": dict(ctx.stats),
+        }
+        rows.append(row)
+        if gain == 0 and cfg.stop_when_no_gain:
+            stopped = f"round {r} added no new correct trajectory"
+        state = {"completed_rounds": r, "rounds": rows, "stopped": stopped, "finetuned_after": finetuned_after}
+        atomic_write_json(state_path, state)
+        if tracker is not None:
+            tracker.log({k: v for k, v in row.items() if not isinstance(v, dict)}, step=r, stage="flywheel")
+        if not stopped and finetune_fn and cfg.finetune_between_rounds and r < cfg.max_rounds:
+            finetune_fn(sel, r)
+            finetuned_after = r
+            atomic_write_json(state_path, {**state, "finetuned_after": r})
+
+    pool.save(out / "pool.jsonl")
+    write_jsonl(out / "sft.jsonl", _select(pool, cfg))
+    write_round_report(rows, out)
+    return pool
+
+
+def _select(pool: Pool, cfg: FlywheelConfig) -> list[Trajectory]:
+    return pool.select(cfg.max_per_question, cfg.min_correct, cfg.include_unedited_correct)
+
+
+def select_sft(pool: Pool, cfg: Any) -> list[Trajectory]:
+    """The pool trajectories that become SFT data under ``cfg`` (see Pool.select)."""
+    return _select(pool, coerce_config(cfg))

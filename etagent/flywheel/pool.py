@@ -1,0 +1,83 @@
+"""The flywheel data pool: de-duplicated trajectories with provenance, persisted as JSONL.
+
+Every record keeps ``meta = {round, strategy, parent_id, ...}``; ``strategy == "sample"``
+marks an unedited policy sample (parent_id None). The pool holds incorrect samples too
+(so its share correct is meaningful and reflection parents are traceable); only
+:meth:`Pool.select` decides what becomes SFT data: correct trajectories, per question
+best first (fewest tool calls, then fewest model tokens), at most ``max_per_question``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Iterable, Iterator
+
+from etagent.flywheel.textops import cost, normalise_response
+from etagent.records import Trajectory, read_jsonl, write_jsonl
+
+SAMPLE = "sample"
+PROVENANCE_KEYS = ("round", "strategy", "parent_id")
+
+
+class Pool:
+    def __init__(self, trajectories: Iterable[Trajectory] = ()):
+        self._items: list[Trajectory] = []
+        self._keys: set[tuple[str, str]] = set()
+        for t in trajectories:
+            self.add(t)
+
+    @staticmethod
+    def key(traj: Trajectory) -> tuple[str, str]:
+        return traj.example_id, normalise_response(traj.response_text)
+
+    def add(self, traj: Trajectory) -> bool:
+        """Add unless an equal response for the same example is already there."""
+        missing = [k for k in PROVENANCE_KEYS if k not in traj.meta]
+        if missing:
+            raise ValueError(f"pool record {traj.id!r} lacks provenance meta {missing}")
+        k = self.key(traj)
+        if k in self._keys:
+            return False
+        self._keys.add(k)
+        self._items.append(traj)
+        return True
+
+    def __contains__(self, traj: Trajectory) -> bool:
+        return self.key(traj) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Trajectory]:
+        return iter(self._items)
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        return list(self._items)
+
+    # ------------------------------------------------------------------ selection
+    def select(self, max_per_question: int | None = None, min_correct: float = 0.8,
+               include_unedited: bool = True) -> list[Trajectory]:
+        """SFT data: correct (score >= ``min_correct``; math scores are 0/1, QA is F1) and
+        format-valid trajectories, best first per question."""
+        by_q: dict[str, list[Trajectory]] = defaultdict(list)
+        for t in self._items:
+            if t.correct < min_correct or t.format_errors:
+                continue
+            if not include_unedited and t.meta.get("strategy") == SAMPLE:
+                continue
+            by_q[t.example_id].append(t)
+        out: list[Trajectory] = []
+        for qid in sorted(by_q):
+            ranked = sorted(by_q[qid], key=lambda t: (cost(t.response_text), t.id))
+            out.extend(ranked[:max_per_question] if max_per_question else ranked)
+        return out
+
+    # ------------------------------------------------------------------ io
+    def save(self, path: str | os.PathLike) -> int:
+        return write_jsonl(path, self._items)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Pool":
+        return cls(read_jsonl(path, Trajectory))

@@ -1,0 +1,115 @@
+"""Text-level helpers shared by the flywheel strategies: steps, salient tokens, costs.
+
+A *step* is the reasoning that precedes one tool call, the call, and its ``<result>``;
+the final step is the reasoning before ``<answer>`` plus the answer. All functions are
+pure and work on response text through :mod:`etagent.protocol` (the one module that
+knows the tags), so they apply to sampled, teacher-written and LLM-rewritten text alike.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from etagent import protocol
+from etagent.protocol import RESULT, TEXT, THINK, TOOL_TAGS, Segment
+
+_TOKEN_RE = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+# why: function words appear everywhere, so they can never show that a result was used
+STOPWORDS = frozenset(
+    "the and for are was were has have had with that this from which who whom what when where how "
+    "its his her their our your not but all any can could would should will shall may might must "
+    "does did done then than there here into onto out about over under also only just very more "
+    "most some such each other one two let need now check answer result results python search "
+    "print import return true false none compute calculate find know first next step use using get "
+    "value number let need think should".split()
+)
+
+
+def salient_tokens(text: str) -> set[str]:
+    """Lower-cased words of 3+ letters (minus stop words) and all numbers in ``text``."""
+    out = set()
+    for tok in _TOKEN_RE.findall((text or "").lower()):
+        if tok[0].isdigit() or (len(tok) >= 3 and tok not in STOPWORDS):
+            out.add(tok)
+    return out
+
+
+def is_blank(seg: Segment) -> bool:
+    return seg.kind == TEXT and not seg.content.strip()
+
+
+def model_text(segments: list[Segment]) -> str:
+    """Everything the model wrote (tool results excluded), as one string."""
+    return " ".join(s.content for s in segments if s.kind != RESULT)
+
+
+def normalise_query(kind: str, query: str) -> str:
+    """Call identity for duplicate detection: whitespace collapsed; search is case-blind."""
+    q = " ".join(query.split())
+    return q.lower() if kind == protocol.SEARCH else q
+
+
+_TAG_SPACE_RE = re.compile(r"\s*(</?(?:" + "|".join(protocol.TAGS) + r")>)\s*")
+
+
+def normalise_response(text: str) -> str:
+    """Pool de-duplication key: whitespace runs collapsed, whitespace around tags dropped."""
+    return _TAG_SPACE_RE.sub(r"\1", " ".join((text or "").split()))
+
+
+def cost(text: str) -> tuple[int, int]:
+    """(tool calls, characters the model wrote) — smaller is more efficient."""
+    parsed = protocol.parse(text)
+    return parsed.num_calls, len(model_text(parsed.segments).strip())
+
+
+@dataclass
+class CallStep:
+    """Indices into a segment list for one tool call."""
+
+    call: int  # the <python>/<search> segment
+    result: int | None  # its <result> segment (None when missing)
+    reasoning: int | None  # think/text segment directly before the call (None when absent)
+
+
+def call_steps(segments: list[Segment]) -> list[CallStep]:
+    steps: list[CallStep] = []
+    for i, s in enumerate(segments):
+        if s.kind not in TOOL_TAGS:
+            continue
+        j = i + 1
+        while j < len(segments) and is_blank(segments[j]):
+            j += 1
+        result = j if j < len(segments) and segments[j].kind == RESULT else None
+        k = i - 1
+        while k >= 0 and is_blank(segments[k]):
+            k -= 1
+        reasoning = k if k >= 0 and segments[k].kind in (THINK, TEXT) else None
+        steps.append(CallStep(i, result, reasoning))
+    return steps
+
+
+def split_steps(text: str) -> list[str]:
+    """Cut a response into steps at the start of each step's reasoning (text kept verbatim).
+
+    ``"".join(split_steps(t)) == t``; used to number steps for an LLM evolver.
+    """
+    segments = protocol.parse(text).segments
+    cuts = [0]
+    for st in call_steps(segments):
+        start = segments[st.reasoning].start if st.reasoning is not None else segments[st.call].start
+        end = segments[st.result].end if st.result is not None else segments[st.call].end
+        if start > cuts[-1]:
+            cuts.append(start)
+        cuts.append(end)
+    cuts = sorted(set(c for c in cuts if 0 <= c <= len(text)))
+    pieces = [text[a:b] for a, b in zip(cuts, cuts[1:] + [len(text)])]
+    # merge pieces that are pure whitespace into their predecessor
+    merged: list[str] = []
+    for p in pieces:
+        if merged and not p.strip():
+            merged[-1] += p
+        elif p:
+            merged.append(p)
+    return merged

@@ -1,0 +1,253 @@
+"""Answer extraction and correctness grading (pure functions, never raise on model output).
+
+* Math: the final answer is the last ``\\boxed{}`` of the last ``<answer>`` block; it is
+  judged equivalent to a gold answer with math-verify (fractions, decimals, LaTeX forms,
+  tuples, intervals, matrices, ``\\text{}`` units).
+* QA: SQuAD-style normalisation, exact match and token F1, best over the gold aliases.
+
+Departures from the paper / official code:
+
+* The paper judges math with an LLM (Qwen2.5-72B); we use math-verify here (an LLM judge is
+  a separate, optional component). The official RL reward normalises QA answers by
+  deleting all spaces (exact match in disguise) while evaluation uses F1: etagent uses
+  this one module everywhere, with the metric named in config (``f1`` default, ``em``).
+* QA F1 keeps the HotpotQA / FlashRAG rule that a yes/no/noanswer prediction scores 0
+  against a different gold (otherwise "no" would partially match "no way").
+
+Thread safety: math-verify bounds each parse/compare with ``signal.alarm``, which only
+works in the main thread. Off the main thread we call it without a time limit (and guard
+against pathological inputs by length); see :func:`math_equal`. In the main thread an
+outer ``ITIMER_REAL`` timer (e.g. pytest-timeout, a stage watchdog) would be cancelled by
+math-verify's ``alarm(0)``; we re-arm it afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import signal
+import string
+import threading
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Iterable, Iterator, Sequence
+
+from etagent import protocol
+from etagent.records import MATH, QA, Example
+
+MATH_METRIC, F1, EM = "math", "f1", "em"
+METRICS: tuple[str, ...] = (MATH_METRIC, F1, EM)
+DEFAULT_METRIC = {MATH: MATH_METRIC, QA: F1}
+#: The paper counts a QA rollout as a success when its F1 reaches this (Pareto filter).
+QA_SUCCESS_THRESHOLD = 0.75
+#: math-verify per-call limit (seconds) when running in the main thread.
+MATH_TIMEOUT_S = 5
+#: Longer predictions are only compared as strings: sympy can hang on huge expressions
+#: and off the main thread there is no alarm to stop it.
+MAX_MATH_CHARS = 1000
+
+# math-verify logs a warning whenever a timeout is disabled; we disable it on purpose.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract_answer(text: str | None, require_boxed: bool = True) -> str | None:
+    """The final answer of a response.
+
+    The last ``\\boxed{}`` of the last ``<answer>`` block; else the last ``\\boxed{}`` in
+    the model's prose (text, think and answer blocks; a model that forgot the answer
+    tags). Tool calls and results are skipped: code may print a ``\\boxed{}`` too. With
+    ``require_boxed=False`` an answer block without ``\\boxed{}`` yields its stripped text.
+    """
+    if not text:
+        return None
+    parsed = protocol.parse(text)
+    answers = parsed.answer_segments()
+    if answers:
+        boxed = protocol.extract_boxed(answers[-1].content)
+        if boxed is not None:
+            return boxed
+    prose_kinds = (protocol.TEXT, protocol.THINK, protocol.ANSWER)
+    outside = "\n".join(s.content for s in parsed.segments if s.kind in prose_kinds)
+    boxed = protocol.extract_boxed(outside)
+    if boxed is not None:
+        return boxed
+    if not require_boxed and answers and answers[-1].content.strip():
+        return answers[-1].content.strip()
+    return None
+
+
+# --------------------------------------------------------------------------- math
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_WS_RE = re.compile(r"\s+")
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@lru_cache(maxsize=8192)
+def _parse_math(expr: str, timeout: int | None) -> tuple:
+    """math-verify parse of a bare answer, trying ``\\boxed{}``, ``$..$`` and raw wrappings.
+
+    Gold answers come without delimiters; ``\\boxed{}`` parses most of them but e.g.
+    ``50\\%`` only parses inside ``$..$``. Returns the first result holding a sympy
+    object, else the first non-empty (string fallback) result.
+    """
+    from math_verify import parse  # lazy: importing sympy costs ~1 s
+    from sympy import Basic
+    from sympy.matrices import MatrixBase
+
+    fallback: list = []
+    for wrap in ("\\boxed{%s}", "$%s$", "%s"):
+        res = parse(wrap % expr, parsing_timeout=timeout)
+        if any(isinstance(x, (Basic, MatrixBase)) for x in res):
+            return tuple(res)
+        fallback = fallback or res
+    return tuple(fallback)
+
+
+@contextmanager
+def _keep_outer_timer() -> Iterator[None]:
+    """Re-arm a caller's ``ITIMER_REAL`` timer that math-verify's alarm would cancel."""
+    remaining, interval = signal.getitimer(signal.ITIMER_REAL)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        if remaining > 0:
+            left = remaining - (time.monotonic() - start)
+            # an expired outer deadline fires (almost) at once, with its own handler restored
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
+
+
+def _plain(s: str) -> str:
+    return _WS_RE.sub("", s)
+
+
+def math_equal(pred: str | None, gold: str | None) -> bool:
+    """Whether ``pred`` is mathematically equivalent to ``gold`` (bare answers, no ``$``).
+
+    Never raises: any failure (unparseable input, sympy error, timeout) counts as not
+    equal. Works from worker threads (math-verify's alarm-based timeout is switched off
+    there, and over-long predictions are compared as strings only).
+    """
+    try:
+        if pred is None or gold is None:
+            return False
+        pred, gold = str(pred).strip(), str(gold).strip()
+        if not pred or not gold:
+            return False
+        if _plain(pred) == _plain(gold):
+            return True  # fast path: identical up to whitespace
+        if _INT_RE.fullmatch(pred) and _INT_RE.fullmatch(gold):
+            return int(pred) == int(gold)  # fast path: "025" == "25", "7" != "8"
+        if len(pred) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
+            return False
+        if not _in_main_thread():
+            return _verify(gold, pred, None)
+        with _keep_outer_timer():
+            return _verify(gold, pred, MATH_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - grading never fails on model output
+        return False
+    except BaseException as exc:
+        # math-verify's TimeoutException is a BaseException; anything else (Ctrl-C, an
+        # outer watchdog's exception) must propagate
+        if type(exc).__module__.startswith("math_verify"):
+            return False
+        raise
+
+
+def _verify(gold: str, pred: str, timeout: int | None) -> bool:
+    from math_verify import verify
+
+    gold_parsed, pred_parsed = _parse_math(gold, timeout), _parse_math(pred, timeout)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout))
+
+
+# --------------------------------------------------------------------------- QA
+
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: Any) -> str:
+    """SQuAD normalisation: lower case, drop punctuation and articles, squeeze spaces."""
+    s = "" if s is None else str(s)
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES_RE.sub(" ", s)
+    return " ".join(s.split())
+
+
+def _as_list(golds: str | Iterable[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else [g for g in golds if g is not None]
+
+
+def qa_em(pred: str | None, golds: str | Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised gold alias."""
+    if pred is None:
+        return 0.0
+    p = normalize_answer(pred)
+    return float(any(p == normalize_answer(g) for g in _as_list(golds)))
+
+
+def _f1(pred: str, gold: str) -> float:
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    # HotpotQA/FlashRAG rule: yes/no/noanswer must match exactly
+    if (p in ("yes", "no", "noanswer") or g in ("yes", "no", "noanswer")) and p != g:
+        return 0.0
+    p_toks, g_toks = p.split(), g.split()
+    common = collections.Counter(p_toks) & collections.Counter(g_toks)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p_toks), same / len(g_toks)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_f1(pred: str | None, golds: str | Sequence[str]) -> float:
+    """Token F1 of the prediction, best over gold aliases (0.0 for no prediction)."""
+    if pred is None:
+        return 0.0
+    return max((_f1(pred, g) for g in _as_list(golds)), default=0.0)
+
+
+def is_qa_success(f1: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
+    return f1 >= threshold
+
+
+def is_success(domain: str, score: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
+    """A binary success for a graded score: math needs 1, QA needs F1 >= threshold."""
+    return score >= 1.0 if domain == MATH else is_qa_success(score, threshold)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def resolve_metric(example: Example, metric: str | None = None) -> str:
+    """``metric`` if given, else the example's task metric (``meta['metric']``), else the
+    domain default (math -> math-verify, qa -> f1)."""
+    m = metric or example.meta.get("metric") or DEFAULT_METRIC[example.domain]
+    if m not in METRICS:
+        raise ValueError(f"unknown grading metric {m!r} for example {example.id!r}; expected one of {METRICS}")
+    return m
+
+
+def grade(example: Example, answer: str | None, metric: str | None = None) -> float:
+    """Correctness of an extracted answer: math 0/1, QA F1 (or EM) in [0, 1]."""
+    m = resolve_metric(example, metric)
+    if answer is None:
+        return 0.0
+    if m == MATH_METRIC:
+        return float(any(math_equal(answer, g) for g in example.answers))
+    if m == EM:
+        return qa_em(answer, example.answers)
+    return qa_f1(answer, example.answers)

@@ -1,0 +1,105 @@
+"""Builders shared by stages: example splits, tools, backends, rollout engines, SFT configs.
+
+Stages never instantiate components themselves; they call these, so the wiring between
+config groups lives in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from etagent.config import build
+from etagent.pipeline.context import RunContext
+from etagent.records import Example, read_jsonl
+
+
+def load_split(ctx: RunContext, split: str) -> list[Example]:
+    """Examples of a split as written by the `world` stage (falls back to the task)."""
+    key = f"examples:{split}"
+    if key not in ctx.cache:
+        f = ctx.world_dir / f"{split}.jsonl"
+        if f.exists():
+            ctx.cache[key] = list(read_jsonl(f, Example))
+        elif split == "dev" and (ctx.world_dir / "test.jsonl").exists():
+            ctx.cache[key] = []  # benchmarks ship only a test split; dev evaluation is skipped
+        else:
+            raise FileNotFoundError(f"{f} missing: run the `world` stage first")
+    return [e for e in ctx.cache[key]]
+
+
+def examples_by_id(ctx: RunContext) -> dict[str, Example]:
+    out: dict[str, Example] = {}
+    for split in ("train", "dev", "test"):
+        try:
+            out.update({e.id: e for e in load_split(ctx, split)})
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def system_prompt(ctx: RunContext) -> str | None:
+    """The configured system prompt (`prompts.system`, null = the protocol's), if the model uses one."""
+    from etagent import protocol
+
+    if not bool(ctx.cfg.model.get("use_system_prompt", False)):
+        return None
+    configured = ctx.cfg.get("prompts", {}).get("system")
+    return str(configured) if configured else protocol.SYSTEM_PROMPT
+
+
+def make_toolset(ctx: RunContext):
+    """The tool set; on the embedded world the search corpus is this run's `world/corpus.jsonl`."""
+    from etagent.tools import build_toolset
+
+    tools_cfg = OmegaConf.to_container(ctx.cfg.tools, resolve=False)
+    corpus = ctx.world_dir / "corpus.jsonl"
+    search = tools_cfg.get("search") if isinstance(tools_cfg, dict) else None
+    if isinstance(search, dict) and corpus.exists() and "corpus_path" in search:
+        search["corpus_path"] = str(corpus)
+        if "cache_path" in search and search.get("cache_path"):
+            search["cache_path"] = str(ctx.world_dir / "search_cache.sqlite")
+    node = OmegaConf.create(tools_cfg)
+    node._set_parent(ctx.cfg)  # keep ${...} interpolations resolvable against the root
+    return build_toolset(node)
+
+
+def make_backend(ctx: RunContext, policy: Any, tokenizer: Any = None):
+    """A generation backend for a policy (a loaded model for `hf`, a path for vllm/openai)."""
+    target = str(ctx.cfg.backend._target_)
+    if target.endswith("HFBackend"):
+        return build(ctx.cfg.backend, "backend", model=policy, tokenizer=tokenizer)
+    return build(ctx.cfg.backend, "backend", model_path=str(policy), tokenizer=tokenizer)
+
+
+def is_hf(ctx: RunContext) -> bool:
+    return str(ctx.cfg.backend._target_).endswith("HFBackend")
+
+
+def load_policy(ctx: RunContext, path: Path):
+    from etagent.models.factory import load_policy as _load
+
+    return _load(path, dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
+
+
+def make_engine(ctx: RunContext, backend: Any, toolset: Any, qa_metric: str | None = None):
+    from etagent import grading
+
+    metric = qa_metric
+
+    def grader(example: Example, answer: str | None) -> float:
+        m = metric if example.domain == "qa" else None
+        return grading.grade(example, answer, m)
+
+    return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=toolset, grader=grader,
+                 system_prompt=system_prompt(ctx))
+
+
+def sft_config(ctx: RunContext, which: str):
+    """SFT config for `seed` or `ase`: the `train` group with that stage's overrides."""
+    base = OmegaConf.to_container(ctx.cfg.train, resolve=True)
+    over = ctx.cfg.get(f"{which}_sft") or {}
+    base.update(OmegaConf.to_container(over, resolve=True) if OmegaConf.is_config(over) else dict(over))
+    return build(OmegaConf.create(base), f"train ({which})")

@@ -1,0 +1,53 @@
+"""Stage `eval`: every policy of the run on the test split, five dimensions + behaviour rates.
+
+Policies are evaluated in pipeline order (seed, ase, rl_stage_1, ...; ``base`` for a
+pretrained model). Each policy's result is written on its own and skipped on resume,
+so an interrupted evaluation continues with the next policy.
+"""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from etagent.config import build
+from etagent.evaluation.evaluate import evaluate, write_eval
+from etagent.pipeline import components
+from etagent.pipeline.context import RunContext
+from etagent.utils.io import atomic_write_json, read_json
+
+
+def run(ctx: RunContext) -> dict:
+    ecfg = build(ctx.cfg.eval, "eval")
+    examples = components.load_split(ctx, ecfg.split)
+    if ecfg.max_examples:
+        examples = examples[: ecfg.max_examples]
+    edir = ctx.stage_dir("eval")
+    policies = ctx.policies()
+    overall: dict[str, dict] = {}
+    with components.make_toolset(ctx) as toolset:
+        for name, path in policies.items():
+            pdir = edir / name
+            if (pdir / "metrics.json").exists():
+                overall[name] = read_json(pdir / "metrics.json")["overall"]
+                continue
+            model, tok = components.load_policy(ctx, path)
+            backend = components.make_backend(ctx, model if components.is_hf(ctx) else path, tok)
+            engine = components.make_engine(ctx, backend, toolset, qa_metric=ecfg.qa_metric)
+            n = len(examples) * ecfg.n_samples
+            with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
+                trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update)
+            write_eval(pdir, name, trajs, metrics)
+            overall[name] = metrics["overall"]
+            ctx.tracker.log({k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
+                            stage=f"eval/{name}")
+            del model, backend, engine, n
+    atomic_write_json(edir / "summary.json", {"policies": list(overall), "overall": overall})
+    if not overall:
+        return {"policies": 0}
+    first, last = list(overall)[0], list(overall)[-1]
+    out = {"policies": len(overall), "final": last}
+    for key in ("correctness", "efficiency", "mean_calls"):
+        out[f"{first}_{key}"] = overall[first].get(key)
+        out[f"{last}_{key}"] = overall[last].get(key)
+    out["objective"] = overall[last].get("efficiency")
+    return out

@@ -1,0 +1,37 @@
+"""Stage `seed`: the seed agent, i.e. the policy before any calibration.
+
+Embedded default: SFT of the freshly initialised tiny model on the flawed teacher's
+trajectories (tool results and prompt masked), so the seed shows the four ineffective
+behaviours at the teacher's rates. With a pretrained instruct model this stage is a
+no-op: the model itself is the seed, as in the paper.
+"""
+
+from __future__ import annotations
+
+from etagent.pipeline import components
+from etagent.pipeline.context import RunContext
+from etagent.utils.io import read_jsonl_dicts
+
+
+def run(ctx: RunContext) -> dict:
+    if not ctx.scratch_model:
+        return {"seed": "pretrained", "path": str(ctx.cfg.model.path)}
+    from etagent.models.factory import load_policy
+    from etagent.models.prompting import build_prompt_ids
+    from etagent.train.sequences import from_text
+    from etagent.train.sft import train_sft
+
+    wdir, sdir = ctx.world_dir, ctx.stage_dir("seed")
+    model, tok = load_policy(wdir / "model_init", device=str(ctx.cfg.device))
+    examples = {e.id: e for e in components.load_split(ctx, "train")}
+    system = components.system_prompt(ctx)
+    seqs = []
+    for row in read_jsonl_dicts(wdir / "teacher.jsonl"):
+        ex = examples[row["example_id"]]
+        seqs.append(from_text(tok, build_prompt_ids(tok, ex.question, system), row["response_text"]))
+    cfg = components.sft_config(ctx, "seed")
+    stats = train_sft(model, tok, seqs, cfg, sdir, tracker=ctx.tracker, stage="seed", resume=True)
+    out = {"sequences": len(seqs)}
+    if isinstance(stats, dict):
+        out.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+    return out

@@ -1,0 +1,1 @@
+"""Run reports: report.md with tables and plots, and sweep comparison."""

@@ -1,0 +1,241 @@
+"""Aggregate a sweep: mean ± std over seeds of each configuration's final-policy metrics.
+
+Usage::
+
+    python -m etagent.report.compare multirun/etagent/2026-01-01_12-00-00 [--out DIR]
+    etagent-compare outputs/etagent/run_a outputs/etagent/run_b --policy ase
+
+Inputs are run directories or folders holding them (a Hydra multirun dir: one subdir per
+job named by its override dirname, e.g. ``experiment=grpo_correctness,seed=1``); run
+directories are found up to three levels down. A run's *group* is its overrides without
+the seed (``seed``, ``resume``, ``hydra.*``, ``paths.*`` dropped), read from
+``.hydra/overrides.yaml`` when present, else parsed from the directory name. Runs with no
+evaluated policy are listed and left out of the aggregate.
+
+Spread is the sample standard deviation (ddof = 1) over the group's runs; with one run
+it is undefined and shown as '-'. Each metric's mean skips runs where it is None (e.g.
+tool productivity without any call) and its own count is kept (``n`` per metric).
+
+Writes ``compare.md`` (table of group means ± std, then the per-run table), ``compare.csv``
+(one row per group: ``<metric>_mean``, ``<metric>_std``, ``<metric>_n``), ``compare.json``
+and ``radar.png`` (group means) into ``--out`` (default ``<sweep dir>/compare``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from etagent.evaluation.metrics import TABLE_COLUMNS, metrics_table_markdown
+from etagent.evaluation.radar import radar_chart
+from etagent.report.rundata import load_policies, load_yaml, policy_label
+from etagent.utils.io import atomic_write_json, atomic_write_text
+
+IGNORED_KEYS = ("seed", "resume")
+IGNORED_PREFIXES = ("hydra.", "paths.")
+
+
+@dataclass
+class SweepRun:
+    path: Path
+    job: str                      # name inside the sweep (relative path / override dirname)
+    overrides: list[str]
+    group: str
+    seed: Any
+    policy: str | None = None     # the policy whose metrics are aggregated
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def split_override_dirname(name: str) -> list[str]:
+    """``a=1,b=[x,y],seed=2`` -> ``["a=1", "b=[x,y]", "seed=2"]`` (commas inside brackets kept)."""
+    parts, depth, cur = [], 0, ""
+    for ch in name:
+        if ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth = max(depth - 1, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        parts.append(cur)
+    return [p for p in parts if "=" in p]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def group_of(overrides: Sequence[str]) -> str:
+    kept = sorted(o for o in overrides if _key(o) not in IGNORED_KEYS and not _key(o).startswith(IGNORED_PREFIXES))
+    return ",".join(kept) or "default"
+
+
+def _is_run(p: Path) -> bool:
+    return (p / "summary.json").exists() or (p / "eval" / "summary.json").exists() or (p / "config.yaml").exists()
+
+
+def find_runs(paths: Sequence[str | Path], max_depth: int = 3) -> list[tuple[Path, str]]:
+    """(run dir, job name) for every run under the given paths, sorted by job name per input."""
+    found: list[tuple[Path, str]] = []
+    for root in map(Path, paths):
+        if not root.is_dir():
+            raise FileNotFoundError(f"compare: no such directory: {root}")
+        if _is_run(root):
+            found.append((root, root.name))
+            continue
+        frontier, depth, here = [root], 0, []
+        while frontier and depth < max_depth:
+            nxt = []
+            for d in frontier:
+                for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                    (here if _is_run(sub) else nxt).append(sub)
+            frontier, depth = nxt, depth + 1
+        found += sorted(((p, p.relative_to(root).as_posix()) for p in here), key=lambda x: x[1])
+    return found
+
+
+def load_sweep_run(path: Path, job: str, policy: str = "final") -> SweepRun:
+    ov_file = path / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in (load_yaml(ov_file) or [])] if ov_file.exists() else split_override_dirname(path.name)
+    seed = None
+    if (path / "config.yaml").exists():
+        seed = (load_yaml(path / "config.yaml") or {}).get("seed")
+    if seed is None:
+        seed = next((o.split("=", 1)[1] for o in overrides if _key(o) == "seed"), None)
+    run = SweepRun(path=path, job=job, overrides=overrides, group=group_of(overrides), seed=seed)
+    pols = load_policies(path)
+    if pols:
+        name = list(pols)[-1] if policy == "final" else policy
+        if name in pols:
+            run.policy, run.metrics = name, dict(pols[name]["overall"])
+    return run
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        return None
+    return float(v)
+
+
+def metric_keys(runs: Sequence[SweepRun]) -> list[str]:
+    present = {k for r in runs for k, v in r.metrics.items() if _num(v) is not None}
+    table = [k for k, *_ in TABLE_COLUMNS if k in present]
+    return table + sorted(present - set(table))
+
+
+def aggregate(runs: Sequence[SweepRun]) -> list[dict[str, Any]]:
+    """One dict per group (first-seen order): group, runs, seeds, policies, mean/std/n per metric."""
+    keys = metric_keys(runs)
+    groups: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        if r.metrics:
+            groups.setdefault(r.group, []).append(r)
+    out = []
+    for g, rs in groups.items():
+        mean, std, n = {}, {}, {}
+        for k in keys:
+            vals = [x for x in (_num(r.metrics.get(k)) for r in rs) if x is not None]
+            n[k] = len(vals)
+            mean[k] = statistics.fmean(vals) if vals else None
+            std[k] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append({"group": g, "n_runs": len(rs), "jobs": [r.job for r in rs], "seeds": [r.seed for r in rs],
+                    "policies": sorted({str(r.policy) for r in rs}), "mean": mean, "std": std, "n": n})
+    return out
+
+
+def _pm(mean: float | None, std: float | None, scale: float, fmt: str) -> str:
+    if mean is None:
+        return "-"
+    fmt = ".2f" if fmt == "d" else fmt
+    s = format(mean * scale, fmt)
+    return f"{s} ± {format(std * scale, fmt)}" if std is not None else f"{s} ± -"
+
+
+def markdown(groups: list[dict[str, Any]], runs: Sequence[SweepRun]) -> str:
+    cols = [c for c in TABLE_COLUMNS if c[0] != "n"]
+    lines = ["# Sweep comparison", "",
+             "Final policy of each run; mean ± sample std (ddof 1) over the group's runs (seeds); "
+             "fractions in %.", "",
+             "| group | runs | seeds | policy | " + " | ".join(h for _, h, _, _ in cols) + " |",
+             "|---|---:|---|---|" + "---:|" * len(cols)]
+    for g in groups:
+        cells = [_pm(g["mean"].get(k), g["std"].get(k), s, f) for k, _, s, f in cols]
+        seeds = ",".join(str(s) for s in g["seeds"])
+        pols = "/".join(policy_label(p) for p in g["policies"])
+        lines.append(f"| {g['group']} | {g['n_runs']} | {seeds} | {pols} | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", metrics_table_markdown({f"{r.job} ({r.policy})": r.metrics for r in runs if r.metrics})]
+    missing = [r.job for r in runs if not r.metrics]
+    if missing:
+        lines += ["Runs without evaluated policy (left out): " + ", ".join(f"`{m}`" for m in missing), ""]
+    return "\n".join(lines)
+
+
+def to_csv(groups: list[dict[str, Any]]) -> str:
+    keys = list(groups[0]["mean"]) if groups else []
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["group", "n_runs", "seeds", "policies"] + [f"{k}_{s}" for k in keys for s in ("mean", "std", "n")])
+    for g in groups:
+        row = [g["group"], g["n_runs"], " ".join(map(str, g["seeds"])), " ".join(g["policies"])]
+        for k in keys:
+            row += ["" if g["mean"][k] is None else repr(g["mean"][k]),
+                    "" if g["std"][k] is None else repr(g["std"][k]), g["n"][k]]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final") -> dict[str, Any]:
+    """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON."""
+    found = find_runs(paths)
+    if not found:
+        raise FileNotFoundError(f"compare: no run directory under {', '.join(map(str, paths))}")
+    runs = [load_sweep_run(p, job, policy) for p, job in found]
+    groups = aggregate(runs)
+    if out_dir is None:
+        first = Path(paths[0])
+        out_dir = first / "compare" if len(paths) == 1 and not _is_run(first) else Path("compare")
+    out = Path(out_dir)
+    result = {
+        "policy": policy,
+        "groups": groups,
+        "runs": [{"job": r.job, "path": str(r.path), "group": r.group, "seed": r.seed, "policy": r.policy,
+                  "overrides": r.overrides, "metrics": r.metrics} for r in runs],
+    }
+    atomic_write_text(out / "compare.md", markdown(groups, runs))
+    atomic_write_text(out / "compare.csv", to_csv(groups))
+    atomic_write_json(out / "compare.json", result)
+    if groups:
+        radar_chart({g["group"]: g["mean"] for g in groups}, out / "radar.png",
+                    title="Group means (final policy)")
+    result["out_dir"] = str(out)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="etagent-compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", help="multirun directory or run directories")
+    ap.add_argument("--out", default=None, help="output folder (default <sweep dir>/compare or ./compare)")
+    ap.add_argument("--policy", default="final", help="policy to compare: final (default), seed, ase, rl_stage_1 ...")
+    args = ap.parse_args(argv)
+    try:
+        res = compare(args.paths, args.out, args.policy)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"etagent-compare: {exc}", file=sys.stderr)
+        return 2
+    print(Path(res["out_dir"], "compare.md").read_text(encoding="utf-8"))
+    print(f"[etagent-compare] {len(res['runs'])} runs, {len(res['groups'])} groups -> {res['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reinforcement learning: Pareto question selection, reward shaping, GRPO, curriculum."""

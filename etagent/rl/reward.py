@@ -1,0 +1,267 @@
+"""Group-relative efficiency reward (method-spec section 6), as tensor ops over groups.
+
+Components per rollout, stacked as ``[P prompts, G rollouts, C]`` (:data:`COMPONENTS`):
+correctness (math 0/1, QA F1 or EM), number of tool calls ``k``, response length ``L``,
+format validity. The shaped reward of rollout i in its group is
+
+    score_i = correctness_i * f_tool_i * f_len_i + format_penalty_i
+    f_tool_i = 2 / (1 + exp(sigma_tool * (k_i - mean_k)))
+    z_i      = (L_i - mean_L) / std_L     (population std; all 0 when std_L == 0)
+    f_len_i  = 2 / (1 + exp(sigma_len * (z_i - mean_z)))
+    format_penalty_i = -1 if the tag grammar is violated else 0
+
+Both factors are 1 at the group mean, up to 2 below it, down to 0 above it. With
+``mode="correctness"`` (the baseline, ``reward=correctness``) score = correctness +
+format_penalty. ``2 / (1 + exp(x))`` is computed as ``2 * sigmoid(-x)`` (same value,
+no overflow).
+
+sigma schedule (:func:`sigma_schedule`): ``linear_decay`` multiplies sigma by
+(T - t) / (T - 1) over the T steps of a stage (t = 1..T, i.e. 1 at the first step, 0 at
+the last), as the official reward manager's ``efficiency_sigma_factor``; ``constant``
+keeps it. The released stage scripts set sigma = 0 (shaping off): etagent makes sigma an
+explicit, logged config value instead.
+
+Departures from the official code: the length is the number of *model* tokens (tool
+results excluded) by default (``length_source=model_tokens``; ``all_tokens`` is the
+official count); QA correctness is the grading module's F1 (``qa_metric``), not the
+space-deleting exact match of the official RL reward; an optional ``mask`` supports
+groups of unequal size (entries outside it get reward 0 and are left out of the group
+statistics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from etagent import protocol
+from etagent.records import QA, Example, Trajectory
+
+COMPONENTS: tuple[str, ...] = ("correctness", "n_calls", "length", "format_ok")
+CORRECTNESS, N_CALLS, LENGTH, FORMAT_OK = range(len(COMPONENTS))
+MODES = ("efficiency", "correctness")
+SCHEDULES = ("linear_decay", "constant")
+LENGTH_SOURCES = ("model_tokens", "all_tokens")
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _as_pg(x: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=dtype) if not isinstance(x, torch.Tensor) else x.to(dtype)
+    if t.dim() != 2:
+        raise ValueError(f"reward: {name} must be shaped [prompts, group], got {tuple(t.shape)}")
+    return t
+
+
+def reward_components(
+    correct: Any, n_calls: Any, model_tokens: Any, format_ok: Any, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Stack per-rollout inputs (nested lists or tensors, each [P, G]) into [P, G, C]."""
+    parts = [
+        _as_pg(correct, "correct", dtype),
+        _as_pg(n_calls, "n_calls", dtype),
+        _as_pg(model_tokens, "model_tokens", dtype),
+        _as_pg(format_ok, "format_ok", dtype),
+    ]
+    shape = parts[0].shape
+    for name, p in zip(COMPONENTS, parts):
+        if p.shape != shape:
+            raise ValueError(f"reward: {name} has shape {tuple(p.shape)}, expected {tuple(shape)}")
+    return torch.stack(parts, dim=-1)
+
+
+def _group_mean(x: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    return (x * m).sum(-1, keepdim=True) / cnt
+
+
+def shaping_factors(
+    components: torch.Tensor, sigma_tool: float, sigma_len: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f_tool, f_len), each [P, G], from components [P, G, C]."""
+    if components.dim() != 3 or components.shape[-1] != len(COMPONENTS):
+        raise ValueError(f"reward: components must be [P, G, {len(COMPONENTS)}], got {tuple(components.shape)}")
+    k, length = components[..., N_CALLS], components[..., LENGTH]
+    m = torch.ones_like(k) if mask is None else mask.to(k.dtype)
+    cnt = m.sum(-1, keepdim=True).clamp_min(1.0)
+    f_tool = 2.0 * torch.sigmoid(-sigma_tool * (k - _group_mean(k, m, cnt)))
+    mean_l = _group_mean(length, m, cnt)
+    std_l = torch.sqrt(_group_mean((length - mean_l) ** 2, m, cnt))
+    # why: identical lengths carry no signal; official sets every z to 0 then
+    z = torch.where(std_l > 0, (length - mean_l) / torch.where(std_l > 0, std_l, 1.0), 0.0) * m
+    f_len = 2.0 * torch.sigmoid(-sigma_len * (z - _group_mean(z, m, cnt)))
+    return f_tool * m, f_len * m
+
+
+def shape_rewards(
+    components: torch.Tensor,
+    sigma_tool: float,
+    sigma_len: float,
+    mode: str = "efficiency",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Shaped reward [P, G] (see module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"reward.mode must be one of {MODES}, got {mode!r}")
+    if components.dim() != 3 or components.shape[-1] != len(COMPONENTS):
+        raise ValueError(f"reward: components must be [P, G, {len(COMPONENTS)}], got {tuple(components.shape)}")
+    correct = components[..., CORRECTNESS]
+    penalty = components[..., FORMAT_OK] - 1.0  # -1 when the grammar is invalid, else 0
+    m = torch.ones_like(correct) if mask is None else mask.to(correct.dtype)
+    if mode == "correctness":
+        return (correct + penalty) * m
+    f_tool, f_len = shaping_factors(components, sigma_tool, sigma_len, mask)
+    return (correct * f_tool * f_len + penalty) * m
+
+
+def sigma_schedule(sigma0: float, step: int, total_steps: int, kind: str = "linear_decay") -> float:
+    """sigma at 0-based ``step`` of a stage of ``total_steps`` steps.
+
+    ``linear_decay``: sigma0 * (T - t) / (T - 1) with t = step + 1 (sigma0 at the first
+    step, 0 at the last; a one-step stage keeps sigma0). ``constant``: sigma0.
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"reward.schedule must be one of {SCHEDULES}, got {kind!r}")
+    if total_steps < 1:
+        raise ValueError(f"reward: total_steps must be >= 1, got {total_steps}")
+    if kind == "constant" or total_steps == 1:
+        return float(sigma0)
+    t = min(max(step + 1, 1), total_steps)
+    return float(sigma0) * (total_steps - t) / (total_steps - 1)
+
+
+# --------------------------------------------------------------------------- one rollout
+
+
+def _approx_model_tokens(response_text: str) -> int:
+    """Whitespace tokens outside ``<result>`` blocks (only when no tokenizer/length given)."""
+    return sum(len(s.render().split()) for s in protocol.parse(response_text).segments if s.kind != protocol.RESULT)
+
+
+def score_components(
+    response_text: str,
+    example: Example,
+    *,
+    qa_metric: str = "f1",
+    model_tokens: int | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """Components of one rollout from its text (the verl reward and tests use this).
+
+    Grading goes through :mod:`etagent.grading` only. The length is ``model_tokens`` if
+    given, else the model-token count of ``tokenizer`` (tool results masked), else a
+    whitespace-token approximation outside result blocks.
+    """
+    from etagent import grading  # lazy: keeps import of this module light
+
+    parsed = protocol.parse(response_text)
+    answer = grading.extract_answer(response_text)
+    metric = qa_metric if example.domain == QA else None
+    correctness = grading.grade(example, answer, metric)
+    if model_tokens is None:
+        if tokenizer is not None:
+            model_tokens = protocol.model_token_length(protocol.encode_response(tokenizer, response_text)[1])
+        else:
+            model_tokens = _approx_model_tokens(response_text)
+    return {
+        "correctness": float(correctness),
+        "n_calls": parsed.num_calls,
+        "length": int(model_tokens),
+        "format_ok": parsed.valid,
+        "answer": answer,
+    }
+
+
+def group_score(
+    responses: Sequence[str],
+    example: Example,
+    *,
+    sigma_tool: float,
+    sigma_len: float,
+    mode: str = "efficiency",
+    qa_metric: str = "f1",
+    lengths: Sequence[int] | None = None,
+    tokenizer: Any = None,
+) -> list[dict[str, Any]]:
+    """Shaped scores of one group of responses to ``example`` (one dict per response)."""
+    comps = [
+        score_components(
+            r, example, qa_metric=qa_metric, model_tokens=None if lengths is None else lengths[i], tokenizer=tokenizer
+        )
+        for i, r in enumerate(responses)
+    ]
+    t = reward_components(
+        [[c["correctness"] for c in comps]],
+        [[c["n_calls"] for c in comps]],
+        [[c["length"] for c in comps]],
+        [[float(c["format_ok"]) for c in comps]],
+        dtype=torch.float64,
+    )
+    scores = shape_rewards(t, sigma_tool, sigma_len, mode)[0].tolist()
+    return [dict(c, score=s) for c, s in zip(comps, scores)]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def trajectory_length(traj: Trajectory, length_source: str = "model_tokens") -> int:
+    if length_source == "model_tokens":
+        return traj.model_tokens
+    if length_source == "all_tokens":
+        return len(traj.response_ids)
+    raise ValueError(f"reward.length_source must be one of {LENGTH_SOURCES}, got {length_source!r}")
+
+
+@dataclass
+class RewardFn:
+    """The ``reward`` config group: ``reward=efficiency`` (paper) or ``reward=correctness``."""
+
+    mode: str = "efficiency"
+    sigma_tool: float = 0.2
+    sigma_len: float = 0.5
+    schedule: str = "linear_decay"
+    length_source: str = "model_tokens"
+    qa_metric: str = "f1"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "mode": (self.mode, MODES),
+            "schedule": (self.schedule, SCHEDULES),
+            "length_source": (self.length_source, LENGTH_SOURCES),
+            "qa_metric": (self.qa_metric, ("f1", "em")),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"reward.{key} must be one of {allowed}, got {value!r}")
+        for key in ("sigma_tool", "sigma_len"):
+            v = float(getattr(self, key))
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"reward.{key} must be a finite number >= 0, got {v!r}")
+
+    def sigmas(self, step: int, total_steps: int) -> tuple[float, float]:
+        """(sigma_tool, sigma_len) at this step of the stage -- log them."""
+        return (
+            sigma_schedule(self.sigma_tool, step, total_steps, self.schedule),
+            sigma_schedule(self.sigma_len, step, total_steps, self.schedule),
+        )
+
+    def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:
+        """[P, G, C] from graded trajectories (``traj.correct`` already set by the rollout)."""
+        sizes = {len(g) for g in groups}
+        if len(sizes) > 1:
+            raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
+        return reward_components(
+            [[t.correct for t in g] for g in groups],
+            [[t.num_calls for t in g] for g in groups],
+            [[trajectory_length(t, self.length_source) for t in g] for g in groups],
+            [[float(t.format_ok) for t in g] for g in groups],
+        )
+
+    def __call__(
+        self, components: torch.Tensor, step: int = 0, total_steps: int = 1, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        sigma_tool, sigma_len = self.sigmas(step, total_steps)
+        return shape_rewards(components, sigma_tool, sigma_len, self.mode, mask)

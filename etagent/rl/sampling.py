@@ -1,0 +1,113 @@
+"""Question selectors for an RL stage (config group ``sampling=pareto|random|all``).
+
+Every selector takes, per question, the K rollouts' tool-call counts and correctness
+(plus the domain) and returns the indices of the questions to train on, ranked:
+
+* :class:`ParetoSampler` -- the paper's group-wise Pareto sampling (:mod:`etagent.rl.pareto`).
+* :class:`RandomSampler` -- ablation: ``count`` questions uniformly at random (seeded).
+* :class:`AllSampler` -- ablation: every question.
+
+``filter_mixed`` drops questions whose rollouts all succeed or all fail (math: needs a 0
+and a 1; QA: a score >= ``qa_threshold`` and one below). It is part of the paper's
+Pareto procedure (on by default there) and off by default for the ablations, so that
+"random" and "all" are the plain baselines; turn it on to isolate the Pareto ordering.
+For Pareto the filter runs after the ``count`` cut (official order); for random it runs
+before drawing, so ``count`` questions come back whenever enough qualify.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from etagent.rl.pareto import QA_THRESHOLD, has_mixed_outcomes, pareto_select
+
+
+def _check_lengths(tool_counts, correctness, domains) -> None:
+    if len(tool_counts) != len(correctness):
+        raise ValueError(
+            f"sampler: tool_counts has {len(tool_counts)} questions but correctness has {len(correctness)}"
+        )
+    if domains is not None and len(domains) != len(correctness):
+        raise ValueError(f"sampler: domains has {len(domains)} entries for {len(correctness)} questions")
+
+
+def _mixed(correctness, domains, qa_threshold: float) -> list[int]:
+    return [
+        i
+        for i in range(len(correctness))
+        if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], qa_threshold)
+    ]
+
+
+class ParetoSampler:
+    """NSGA-II over (variance of tool calls, variance of correctness); see :func:`pareto_select`."""
+
+    name = "pareto"
+
+    def __init__(self, count: int, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = True) -> None:
+        if count < 0:
+            raise ValueError(f"sampling.count must be >= 0, got {count}")
+        self.count = int(count)
+        self.qa_threshold = float(qa_threshold)
+        self.filter_mixed = bool(filter_mixed)
+
+    def select(
+        self,
+        tool_counts: Sequence[Sequence[float]],
+        correctness: Sequence[Sequence[float]],
+        domains: Sequence[str] | None = None,
+    ) -> list[int]:
+        return pareto_select(
+            tool_counts, correctness, self.count, domains, qa_threshold=self.qa_threshold, filter_mixed=self.filter_mixed
+        )
+
+
+class RandomSampler:
+    """``count`` questions drawn uniformly without replacement (same seed, same draw)."""
+
+    name = "random"
+
+    def __init__(
+        self, count: int, seed: int = 0, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = False
+    ) -> None:
+        if count < 0:
+            raise ValueError(f"sampling.count must be >= 0, got {count}")
+        self.count = int(count)
+        self.seed = int(seed)
+        self.qa_threshold = float(qa_threshold)
+        self.filter_mixed = bool(filter_mixed)
+
+    def select(
+        self,
+        tool_counts: Sequence[Sequence[float]],
+        correctness: Sequence[Sequence[float]],
+        domains: Sequence[str] | None = None,
+    ) -> list[int]:
+        _check_lengths(tool_counts, correctness, domains)
+        pool = (
+            _mixed(correctness, domains, self.qa_threshold) if self.filter_mixed else list(range(len(correctness)))
+        )
+        # why: a private RNG so selection never depends on (or disturbs) the global stream
+        return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
+
+
+class AllSampler:
+    """Every question, in index order."""
+
+    name = "all"
+
+    def __init__(self, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = False) -> None:
+        self.qa_threshold = float(qa_threshold)
+        self.filter_mixed = bool(filter_mixed)
+
+    def select(
+        self,
+        tool_counts: Sequence[Sequence[float]],
+        correctness: Sequence[Sequence[float]],
+        domains: Sequence[str] | None = None,
+    ) -> list[int]:
+        _check_lengths(tool_counts, correctness, domains)
+        if self.filter_mixed:
+            return _mixed(correctness, domains, self.qa_threshold)
+        return list(range(len(correctness)))
