@@ -130,6 +130,9 @@ def _plain(s: str) -> str:
     return _WS_RE.sub("", s)
 
 
+_MID_PERCENT_RE = re.compile(r"(?<!\\)%\s*\S")
+
+
 def math_equal(pred: str | None, gold: str | None) -> bool:
     """Whether ``pred`` is mathematically equivalent to ``gold`` (bare answers, no ``$``).
 
@@ -148,6 +151,10 @@ def math_equal(pred: str | None, gold: str | None) -> bool:
         if _INT_RE.fullmatch(pred) and _INT_RE.fullmatch(gold):
             return int(pred) == int(gold)  # fast path: "025" == "25", "7" != "8"
         if len(pred) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
+            return False
+        if _MID_PERCENT_RE.search(pred) and not _MID_PERCENT_RE.search(gold):
+            # LaTeX reads an unescaped "%" as a comment start, so "8050%1780" would parse as
+            # 8050; a "%" with more after it is an unevaluated expression, not a value.
             return False
         if not _in_main_thread():
             return _verify(gold, pred, None)

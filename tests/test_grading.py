@@ -237,3 +237,13 @@ def test_math_equal_keeps_an_outer_timer_armed():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("pred,gold,equal", [
+    ("8050%1780", "8050", False),  # LaTeX would read "%1780" as a comment
+    ("8050 % 1780", "8050", False),
+    ("50\\%", "50", True),
+    ("10%", "10", True),
+])
+def test_percent_is_a_sign_not_a_comment(pred, gold, equal):
+    assert grading.math_equal(pred, gold) is equal

@@ -327,3 +327,18 @@ def test_dense_ranks_answer_passage_first(tmp_path):
     results = tool.run_batch([f"When was the river town {r['title']} founded?" for r in rows])
     assert sum(res.output.startswith(f"Doc 1(Title: {r['title']})") for r, res in zip(rows, results)) >= len(rows) - 1
     assert any(p.name.startswith("corpus.dense-") for p in tmp_path.iterdir())  # embeddings saved beside the corpus
+
+
+def test_plain_style_drops_titles_and_is_cached_separately(tmp_path):
+    from etagent.tools.search import build_search_tool
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "1", "title": "Kalomi", "text": "Kalomi was founded in 1204."}\n'
+                      '{"id": "2", "title": "Veru", "text": "Veru lies on a river."}\n')
+    cache = tmp_path / "cache.sqlite"
+    r1 = build_search_tool(corpus_path=str(corpus), cache_path=str(cache), top_k=1).run_batch(["Kalomi"])[0]
+    r2 = build_search_tool(corpus_path=str(corpus), cache_path=str(cache), top_k=1, style="plain").run_batch(["Kalomi"])[0]
+    assert r1.output == "Doc 1(Title: Kalomi) Kalomi was founded in 1204."
+    assert r2.output == "Kalomi was founded in 1204."  # not the other style's cached text
+    with pytest.raises(ValueError, match="style"):
+        build_search_tool(corpus_path=str(corpus), style="fancy")

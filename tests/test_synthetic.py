@@ -24,7 +24,7 @@ from etagent.tools.search import build_search_tool
 def search_settings() -> dict:
     """top_k / max_chars of the search tool as the default config sets them."""
     node = OmegaConf.load(CONF / "tools" / "default.yaml").search
-    return {"top_k": int(node.top_k), "max_chars": int(node.max_chars)}
+    return {"top_k": int(node.top_k), "max_chars": int(node.max_chars), "style": str(node.style)}
 
 
 def make_toolset(task: SyntheticTask, directory: Path, **search_kw) -> ToolSet:
@@ -129,7 +129,10 @@ def _check_knowledge_plans(task: SyntheticTask, toolset: ToolSet) -> None:
             r = out[p.query]
             assert r.status == "ok" and not r.truncated, r
             # the queried entity ranks first and the fact the step needs is shown, uncut
-            assert r.output.split("\n")[0].startswith(f"Doc 1(Title: {p.query})"), (e.question, r.output)
+            first = r.output.split("\n")[0]
+            # plain style: passages open with their entity's name; search_r1: "Doc 1(Title: ..)"
+            head = p.query if search_settings()["style"] == "plain" else f"Doc 1(Title: {p.query})"
+            assert first.startswith(head), (e.question, r.output)
             assert p.expect in r.output, (e.question, p, r.output)
         if e.plan:
             assert e.plan[-1].expect == e.answer

@@ -94,7 +94,7 @@ def test_build_toolset_from_config(cfg, tmp_path):
         assert set(ts.kinds) == {"python", "search"}
         py, se, bad = ts.execute([("python", "print(6 * 7)"), ("search", "When was Kalomi founded?"), ("web", "x")])
         assert (py.status, py.output) == ("ok", "42\n")
-        assert se.status == "ok" and se.output.startswith("Doc 1(Title: Kalomi) Kalomi was founded in 1204.")
+        assert se.status == "ok" and se.output.startswith("Kalomi was founded in 1204.")  # style: plain
         assert bad.output == "unknown tool web"
     assert (tmp_path / "search_cache.sqlite").is_file() and (tmp_path / "world" / "corpus.bm25s").is_dir()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from etagent.flywheel.strategies import CORRECT, STRATEGIES, EvolveContext, buil
 from etagent.flywheel.verify import ACCEPTED, Verifier
 from etagent.records import Example, Trajectory, read_jsonl, write_jsonl
 from etagent.utils.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 ALL_STRATEGIES = ("modify_redundancy", "global_refine", "self_correct", "hint_injection")
 
@@ -163,6 +166,8 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
             break
         t0 = time.time()
         qs = _pick_questions(examples, cfg.questions_per_round, cfg.seed, r)
+        if hasattr(engine, "progress_desc"):
+            engine.progress_desc = f"flywheel round {r}/{cfg.max_rounds}"
         ctx = EvolveContext(engine, verifier, evolver, round=r, extra_calls=cfg.extra_calls,
                             continuations=cfg.continuations, temperature=cfg.temperature,
                             keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed)
@@ -228,6 +233,9 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
             "stats": dict(ctx.stats),
         }
         rows.append(row)
+        log.info("flywheel round %d: %d samples (%.0f%% correct), %d edits accepted / %d rejected, "
+                 "pool %d, %.0fs", r, len(samples), 100 * (row["sample_correct"] or 0), row["accepted"],
+                 row["rejected"], len(pool), row["wall_s"])
         if gain == 0 and cfg.stop_when_no_gain:
             stopped = f"round {r} added no new correct trajectory"
         state = {"completed_rounds": r, "rounds": rows, "stopped": stopped, "finetuned_after": finetuned_after}

@@ -292,6 +292,10 @@ class GRPOTrainer:
         self._sync()  # the backend may hold older weights (fresh start from a loaded checkpoint)
         history: list[dict[str, Any]] = []
         t0 = time.time()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=self.step, desc=f"GRPO {stage_name}", unit="step", leave=False,
+                   dynamic_ncols=True)
         while self.step < total:
             idx = data_order(len(examples), self.cfg.seed, self.step, self.cfg.prompts_per_step)
             batch = [examples[i] for i in idx]
@@ -300,9 +304,13 @@ class GRPOTrainer:
             if self.tracker is not None:
                 self.tracker.log(metrics, step=self.step, stage=stage_name)
             history.append({"step": self.step, "example_ids": [e.id for e in batch], **metrics})
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
+                            calls=f"{metrics.get('tool_calls_mean', float('nan')):.2f}")
             every = self.cfg.checkpoint_every
             if self.step == total or (every and self.step % every == 0):
                 self.save_checkpoint(fp, total, stage_name)
+        bar.close()
         return {
             "stage": stage_name, "steps": self.step, "total_steps": total, "resumed_from": resumed_from,
             "n_questions": len(examples), "wall_s": round(time.time() - t0, 2), "history": history,

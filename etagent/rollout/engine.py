@@ -133,7 +133,7 @@ class RolloutEngine:
                  *, system_prompt: str | None = None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
                  max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: str = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
-                 label_behaviour: bool = True):
+                 label_behaviour: bool = True, progress_min_rows: int = 256):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
         for key, val in (("max_response_tokens", max_response_tokens), ("max_turn_tokens", max_turn_tokens)):
@@ -158,6 +158,9 @@ class RolloutEngine:
         self.treat_prefix_as_model = treat_prefix_as_model
         self.budget_grace = int(budget_grace)
         self.label_behaviour = label_behaviour
+        # a progress bar (finished rows) for rollout calls at least this big; 0 = never
+        self.progress_min_rows = int(progress_min_rows)
+        self.progress_desc = "rollout"
         self.last_stats: dict[str, float] = {}
         self._enc_cache: dict[str, list[int]] = {}
 
@@ -313,7 +316,17 @@ class RolloutEngine:
             for _ in range(n_first):
                 new_row(i)
         rnd = 0
+        bar = None
+        n_rows = sum(len(r) for r in per_ex)
+        if self.progress_min_rows and n_rows >= self.progress_min_rows:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_rows, desc=self.progress_desc, unit="rollout", leave=False, dynamic_ncols=True)
         while True:
+            if bar is not None:
+                done = sum(1 for rows in per_ex for r in rows if r.finish is not None)
+                bar.total = max(bar.total, sum(len(r) for r in per_ex))
+                bar.update(done - bar.n)
             if self.brancher is not None:  # top up groups whose chains all ended short of n
                 for i, rows in enumerate(per_ex):
                     if len(rows) < n and all(r.finish is not None for r in rows):
@@ -335,6 +348,8 @@ class RolloutEngine:
                 self._generate_round(gen_rows, params, rnd, stats, per_ex, n)
             elif not tool_rows:
                 break
+        if bar is not None:
+            bar.close()
         total = time.perf_counter() - t_start
         stats.update(total_s=total, overhead_s=max(0.0, total - stats["gen_s"] - stats["tool_s"]))
         trajs = self._finalise(examples, per_ex, group_prefix)

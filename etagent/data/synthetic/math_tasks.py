@@ -1,6 +1,6 @@
 """Math questions of the embedded suite: ones that need ``<python>`` and ones that do not.
 
-* ``math_tool``: multi-digit products, big sums, ``a mod b`` with big ``a``, powers, sums
+* ``math_tool``: 2-3 digit products, 3-4 digit sums, ``a mod b`` with big ``a``, powers, sums
   of arithmetic sequences. Minimal plan = one python call printing the result; results
   range from 1 to 9 digits (a tiny model otherwise learns to copy a fixed length).
 * ``math_recall``: single-digit products and sums (memorisable facts, 5 paraphrases).
@@ -46,25 +46,28 @@ def _tool(question: str, code: str, value: int, op: str) -> Candidate:
 def tool_question(rng: random.Random) -> Candidate:
     """One random tool-needing question (operation chosen uniformly)."""
     op = rng.choice(TOOL_OPS)
-    if op == "mul":  # 2x2 .. 4x3 digits: 3..7-digit results
-        a, b = _num(rng, rng.randint(2, 4)), _num(rng, rng.randint(2, 3))
+    # Operand sizes are kept small enough for a 2.5M model to copy reliably on a CPU budget,
+    # and large enough that it cannot compute them in its head.
+    if op == "mul":  # 2x2 .. 3x3 digits: 3..6-digit results
+        a, b = _num(rng, rng.randint(2, 3)), _num(rng, rng.randint(2, 3))
         return _tool(rng.choice(_MUL).format(a=a, b=b), f"{a}*{b}", a * b, op)
-    if op == "add":  # big sums: 4..7 digits
-        a, b = _num(rng, rng.randint(3, 6)), _num(rng, rng.randint(3, 6))
+    if op == "add":  # 3..4-digit sums
+        a, b = _num(rng, rng.randint(3, 4)), _num(rng, rng.randint(3, 4))
         return _tool(rng.choice(_ADD).format(a=a, b=b), f"{a}+{b}", a + b, op)
-    if op == "mod":  # 1..3-digit results
-        a, b = _num(rng, rng.randint(6, 9)), rng.randrange(7, 1000)
+    if op == "mod":  # 1..2-digit results
+        a, b = _num(rng, rng.randint(4, 6)), rng.randrange(7, 100)
         return _tool(rng.choice(_MOD).format(a=a, b=b), f"{a}%{b}", a % b, op)
-    if op == "pow":  # 4..9 digits
-        a, b = rng.randrange(11, 100), rng.randint(3, 4)
+    if op == "pow":  # 4..7 digits
+        a, b = rng.randrange(11, 60), rng.randint(3, 4)
         return _tool(rng.choice(_POW).format(a=a, b=b), f"{a}**{b}", a**b, op)
-    s, d, n = rng.randrange(1, 100), rng.randrange(2, 20), rng.randrange(10, 61)
+    s, d, n = rng.randrange(1, 50), rng.randrange(2, 10), rng.randrange(10, 31)
     value = n * s + d * n * (n - 1) // 2
-    return _tool(rng.choice(_SEQ).format(n=n, s=s, d=d), f"sum(range({s}, {s + d * n}, {d}))", value, op)
+    # the code only copies numbers from the question (no mental arithmetic such as s + d*n)
+    return _tool(rng.choice(_SEQ).format(n=n, s=s, d=d), f"sum({s}+{d}*k for k in range({n}))", value, op)
 
 
 def copy_question(rng: random.Random) -> Candidate:
-    n = _num(rng, rng.randint(1, 7))
+    n = _num(rng, rng.randint(1, 5))
     return Candidate("math_copy", MATH, rng.choice(_COPY).format(n=n), (str(n),), (), {"op": "copy"})
 
 

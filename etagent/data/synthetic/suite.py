@@ -38,7 +38,7 @@ DEFAULT_WORLD: dict[str, Any] = {"n_people": 400, "n_famous": 8, "n_cities": 40,
 SOURCES = {MATH: "synthetic-math", QA: "synthetic-qa"}
 _METRIC = {MATH: "math", QA: "f1"}
 CORPUS_FILE, MANIFEST_FILE = "corpus.jsonl", "manifest.json"
-_FORMAT_VERSION = 1  # bump when generation changes, so stale files on disk are rewritten
+_FORMAT_VERSION = 3  # bump when generation changes, so stale files on disk are rewritten
 _MAX_TRIES = 2000
 
 

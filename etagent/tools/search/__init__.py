@@ -79,13 +79,15 @@ def build_search_tool(
     retries: int = 2,
     dense_model: str | None = None,
     device: str = "cpu",
+    style: str = "search_r1",
 ) -> SearchTool:
     """Build the ``search`` tool from config.
 
     ``corpus_path``: JSONL ``{id,title,text}`` for bm25/dense. ``cache_file``: JSON query->result map
     for backend=cache. ``cache_path``: SQLite file of the persistent cache (null = no cache).
     ``url``/``timeout_s``/``retries``: the http backend. ``dense_model``: a sentence-transformers
-    path or name (null = the packaged all-MiniLM-L6-v2).
+    path or name (null = the packaged all-MiniLM-L6-v2). ``style``: ``search_r1`` (``Doc i(Title: t)
+    text``) or ``plain`` (texts only).
     """
     impl = build_backend(
         backend,
@@ -99,4 +101,4 @@ def build_search_tool(
         device=device,
     )
     cache = PersistentCache(cache_path) if cache_path else None
-    return SearchTool(impl, top_k=top_k, max_chars=max_chars, cache=cache)
+    return SearchTool(impl, top_k=top_k, max_chars=max_chars, cache=cache, style=style)

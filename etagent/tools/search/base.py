@@ -43,12 +43,19 @@ class SearchBackend(Protocol):
     def close(self) -> None: ...
 
 
-def format_passages(passages: list[Passage]) -> str:
-    """Search-R1 style ``Doc i(Title: t) text`` lines; a lone untitled passage is shown as is."""
+STYLES = ("search_r1", "plain")
+
+
+def format_passages(passages: list[Passage], style: str = "search_r1") -> str:
+    """Search-R1 style ``Doc i(Title: t) text`` lines (``plain``: the texts alone, one per
+    line: about half the tokens, used by the embedded world whose passages name their
+    entity); a lone untitled passage is shown as is."""
     if not passages:
         return NO_RESULTS
     if len(passages) == 1 and not passages[0].title:
         return passages[0].text.strip()
+    if style == "plain":
+        return "\n".join(" ".join(p.text.split()) for p in passages)
     return "\n".join(f"Doc {i}(Title: {p.title}) {' '.join(p.text.split())}" for i, p in enumerate(passages, 1))
 
 
@@ -112,9 +119,15 @@ class SearchTool:
 
     name = "search"
 
-    def __init__(self, backend: SearchBackend, top_k: int = 3, max_chars: int = 256, cache=None):
+    def __init__(self, backend: SearchBackend, top_k: int = 3, max_chars: int = 256, cache=None,
+                 style: str = "search_r1"):
         if top_k < 1:
             raise ValueError(f"SearchTool: top_k must be >= 1, got {top_k}")
+        if style not in STYLES:
+            raise ValueError(f"tools.search.style must be one of {STYLES}, got {style!r}")
+        self.style = style
+        # formatted text is cached, so the style is part of the cache key
+        self._cache_id = backend.backend_id if style == "search_r1" else f"{backend.backend_id}|{style}"
         self.backend = backend
         self.top_k = int(top_k)
         self.max_chars = int(max_chars)
@@ -132,7 +145,7 @@ class SearchTool:
             elif q not in texts and q not in wanted:
                 wanted.append(q)
         if self.cache is not None and wanted:
-            texts.update(self.cache.get_many(self.backend.backend_id, wanted, self.top_k))
+            texts.update(self.cache.get_many(self._cache_id, wanted, self.top_k))
         misses = [q for q in wanted if q not in texts]
         errors: dict[str, str] = {}
         if misses:
@@ -145,9 +158,9 @@ class SearchTool:
                 if isinstance(hits, SearchError):
                     errors[q] = f"Error: {hits}"
                 else:
-                    fresh[q] = format_passages(hits)
+                    fresh[q] = format_passages(hits, self.style)
             if self.cache is not None and fresh:
-                self.cache.put_many(self.backend.backend_id, fresh, self.top_k)
+                self.cache.put_many(self._cache_id, fresh, self.top_k)
             texts.update(fresh)
         wall = time.perf_counter() - t0  # the batch ran as one backend call; each result shares its time
         for i, q in enumerate(queries):

@@ -9,6 +9,7 @@ Passages with zero score (no query term in common) are dropped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +17,9 @@ from pathlib import Path
 
 from etagent.tools.search.base import Passage, SearchError, file_sha256, load_corpus
 from etagent.utils.io import atomic_write_json
+
+# bm25s logs every empty query and index build at INFO; under Hydra's logging that floods runs.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _META = "etagent_meta.json"
 
