@@ -77,3 +77,25 @@ def test_cli_names_a_bad_value_at_start_up(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "rl.lr" in out.stderr
+
+
+def test_init_from_copies_only_finished_stages(tmp_path):
+    from etagent.pipeline import markers
+    from etagent.pipeline.runner import import_stages
+
+    src, dst = tmp_path / "base", tmp_path / "new"
+    (src / "seed" / "final").mkdir(parents=True)
+    (src / "seed" / "final" / "config.json").write_text("{}")
+    (src / "seed" / "checkpoints" / "step-1").mkdir(parents=True)
+    markers.mark_done(src / "seed", {"sequences": 3}, 1.0)
+    (src / "metrics").mkdir()
+    (src / "metrics" / "seed.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (src / "flywheel").mkdir()  # started but never finished
+    dst.mkdir()
+    assert import_stages(dst, src, ["seed"]) == ["seed"]
+    assert (dst / "seed" / "final" / "config.json").exists() and markers.is_done(dst / "seed")
+    assert not (dst / "seed" / "checkpoints").exists()  # weights of the final policy only
+    assert (dst / "metrics" / "seed.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+    assert import_stages(dst, src, ["seed"]) == []  # already there: nothing redone
+    with pytest.raises(FileNotFoundError, match="flywheel"):
+        import_stages(dst, src, ["flywheel"])

@@ -200,4 +200,4 @@ def test_config_file_instantiates(tmp_path):
     validate(cfg)
     task = instantiate(cfg.task)
     assert isinstance(task, SyntheticTask) and task.corpus_path == str(tmp_path / "world" / "corpus.jsonl")
-    assert task.sizes == {"train": 3000, "dev": 200, "test": 300}
+    assert task.sizes == {"train": 6000, "dev": 200, "test": 300}

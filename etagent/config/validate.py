@@ -34,6 +34,8 @@ class RootSchema:
     device: str = "auto"
     stages: list = dataclasses.field(default_factory=lambda: list(STAGES))
     export: Any = None
+    init_from: Any = None
+    init_stages: list = dataclasses.field(default_factory=lambda: ["world", "seed"])
 
 
 def _locate(path: str, key: str):
@@ -138,7 +140,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     for k in root:
         if k in cfg and not _type_ok(cfg[k], typing.get_type_hints(RootSchema)[k]):
             raise ConfigError(f"bad value for `{k}`: {cfg[k]!r}")
-    bad = [s for s in cfg.get("stages", []) if s not in STAGES]
+    bad = [s for s in list(cfg.get("stages", [])) + list(cfg.get("init_stages") or []) if s not in STAGES]
     if bad:
         raise ConfigError(f"unknown stage(s) in `stages`: {bad} (allowed: {list(STAGES)})")
     for k in cfg.keys():

@@ -60,6 +60,32 @@ def _discard_fresh(fresh: Path, target: Path) -> None:
         shutil.rmtree(fresh, ignore_errors=True)
 
 
+def import_stages(run_dir: Path, source: Path, stages: list[str]) -> list[str]:
+    """Reuse finished stages of another run (``init_from``): copy their directories and logs.
+
+    Lets a sweep share one seed agent (or flywheel + ASE) and vary only later stages.
+    A stage is copied only if it is finished there and absent here; the copy is atomic.
+    """
+    source = Path(source)
+    copied = []
+    for stage in stages:
+        src, dst = source / stage, run_dir / stage
+        if markers.is_done(dst):
+            continue
+        if not markers.is_done(src):
+            raise FileNotFoundError(f"init_from={source}: stage {stage!r} is not finished there")
+        tmp = run_dir / f".{stage}.import"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+        for log in (source / "metrics").glob(f"{stage}*.jsonl"):
+            (run_dir / "metrics").mkdir(exist_ok=True)
+            shutil.copy(log, run_dir / "metrics" / log.name)
+        copied.append(stage)
+    return copied
+
+
 def _stage_fns():
     from etagent.pipeline import stage_ase, stage_eval, stage_flywheel, stage_report, stage_rl, stage_seed, stage_world
 
@@ -85,8 +111,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
         cfg.paths.run_dir = str(run_dir)
     seed_everything(int(cfg.seed))
     cfg_copy = OmegaConf.to_container(cfg, resolve=False)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg_copy)))
+    # the first invocation's config stays the run's config; a resume records its own beside it
+    cfg_name = "config.resumed.yaml" if resumed and (run_dir / "config.yaml").exists() else "config.yaml"
+    atomic_write_text(run_dir / cfg_name, OmegaConf.to_yaml(OmegaConf.create(cfg_copy)))
     tracker = build_partial(cfg.logger, "logger")(run_dir=str(run_dir), run_config=_safe_container(cfg))
+    if cfg.get("init_from"):
+        copied = import_stages(run_dir, Path(str(cfg.init_from)), list(cfg.get("init_stages") or []))
+        if copied:
+            print(f"[etagent] reused finished stages {copied} from {cfg.init_from}", flush=True)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, resume=resumed)
     ctx.threads()
     fns = _stage_fns()

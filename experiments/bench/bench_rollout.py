@@ -94,21 +94,37 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cache-impl", choices=("static", "dynamic"), default="static")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=str, default=None, help="write the figures as JSON here")
+    ap.add_argument("--run-dir", type=str, default=None,
+                    help="a finished run: use its seed policy, dev questions and corpus (a trained model "
+                         "stops on tags like a real one; the default is an untrained model)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    tok = build_tokenizer(corpus_texts(), vocab_size=512)
-    model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=args.seed)
-    examples = [Example(id=f"q{i}", question=f"What is {i + 3}*{(i + 3) * 7 % 97}?",
-                        answers=[str((i + 3) * ((i + 3) * 7 % 97))], domain="math", source="bench")
-                for i in range(args.questions)]
+    run = Path(args.run_dir) if args.run_dir else None
+    if run is not None:
+        from etagent.models.factory import load_policy
+        from etagent.records import read_jsonl
+
+        model, tok = load_policy(run / "seed" / "final")
+        examples = list(read_jsonl(run / "world" / "dev.jsonl", Example))[: args.questions]
+    else:
+        tok = build_tokenizer(corpus_texts(), vocab_size=512)
+        model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=args.seed)
+        examples = [Example(id=f"q{i}", question=f"What is {i + 3}*{(i + 3) * 7 % 97}?",
+                            answers=[str((i + 3) * ((i + 3) * 7 % 97))], domain="math", source="bench")
+                    for i in range(args.questions)]
     params = SamplingParams(temperature=1.0, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"id": str(i), "title": f"City {i}", "text": f"City {i} was founded by Person {i * 7 % 97}."}) + "\n"
                                   for i in range(200)))
+        if run is not None:
+            corpus = Path(tmp) / "corpus.jsonl"
+            corpus.write_text((run / "world" / "corpus.jsonl").read_text())
         tools = ToolSet({"python": PythonSandbox(pool_size=2, cpu_seconds=2, wall_seconds=5, max_output_chars=256),
-                         "search": build_search_tool(backend="bm25", corpus_path=str(corpus), top_k=2)})
+                         "search": build_search_tool(backend="bm25", corpus_path=str(corpus),
+                                                     top_k=3 if run is not None else 2,
+                                                     style="plain" if run is not None else "search_r1")})
         try:
             backend = HFBackend(model, tok, batch_size=args.batch_size, cache_impl=args.cache_impl)
             engine = RolloutEngine(backend, tools, max_response_tokens=args.max_response_tokens,
