@@ -102,3 +102,26 @@ def test_default_launcher_stays_basic_and_slurm_is_opt_in():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.nodes == 1
     assert launcher.timeout_min > 0 and launcher.submitit_folder.endswith(".submitit/%j")
+
+
+def test_pipeline_builds_every_backend_from_config(tmp_path, monkeypatch):
+    """components.make_backend passes a checkpoint to vllm, a tokenizer to a server, a module to hf."""
+    import sys
+    import types
+
+    from conftest import compose
+    from etagent.pipeline import components
+    from etagent.pipeline.context import RunContext
+
+    seen = {}
+
+    class FakeLLM:  # stands in for vllm.LLM: records what the backend asked for
+        def __init__(self, model, **kw):
+            seen["model"] = model
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM, SamplingParams=object))
+    for backend in ("vllm", "openai"):
+        cfg = compose([f"backend={backend}", "model=qwen2.5-0.5b-instruct"], run_dir=tmp_path)
+        ctx = RunContext(cfg=cfg, run_dir=tmp_path, tracker=None)
+        b = components.make_backend(ctx, tmp_path / "ckpt", tokenizer=object())
+        assert type(b).__name__ == {"vllm": "VLLMBackend", "openai": "OpenAIBackend"}[backend]

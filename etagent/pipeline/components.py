@@ -71,7 +71,10 @@ def make_backend(ctx: RunContext, policy: Any, tokenizer: Any = None):
     target = str(ctx.cfg.backend._target_)
     if target.endswith("HFBackend"):
         return build(ctx.cfg.backend, "backend", model=policy, tokenizer=tokenizer)
-    return build(ctx.cfg.backend, "backend", model_path=str(policy), tokenizer=tokenizer)
+    if target.endswith("VLLMBackend"):
+        return build(ctx.cfg.backend, "backend", model=str(policy), tokenizer=tokenizer)
+    # a server: it already serves the policy under `backend.model`; we only tokenise
+    return build(ctx.cfg.backend, "backend", tokenizer=tokenizer)
 
 
 def is_hf(ctx: RunContext) -> bool:
@@ -82,6 +85,17 @@ def load_policy(ctx: RunContext, path: Path):
     from etagent.models.factory import load_policy as _load
 
     return _load(path, dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
+
+
+def policy_backend(ctx: RunContext, path: Path):
+    """(backend, model or None) for a policy checkpoint: the hf backend shares an in-process
+    model; vllm/openai load or serve the checkpoint themselves, so only the tokenizer is read."""
+    if is_hf(ctx):
+        model, tok = load_policy(ctx, path)
+        return make_backend(ctx, model, tok), model
+    from etagent.models.tokenizer import load_tokenizer
+
+    return make_backend(ctx, path, load_tokenizer(path)), None
 
 
 def make_engine(ctx: RunContext, backend: Any, toolset: Any, qa_metric: str | None = None):

@@ -30,17 +30,15 @@ def run(ctx: RunContext) -> dict:
             if (pdir / "metrics.json").exists():
                 overall[name] = read_json(pdir / "metrics.json")["overall"]
                 continue
-            model, tok = components.load_policy(ctx, path)
-            backend = components.make_backend(ctx, model if components.is_hf(ctx) else path, tok)
+            backend, model = components.policy_backend(ctx, path)
             engine = components.make_engine(ctx, backend, toolset, qa_metric=ecfg.qa_metric)
-            n = len(examples) * ecfg.n_samples
             with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
                 trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update)
             write_eval(pdir, name, trajs, metrics)
             overall[name] = metrics["overall"]
             ctx.tracker.log({k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
                             stage=f"eval/{name}")
-            del model, backend, engine, n
+            del model, backend, engine  # free the policy before loading the next one
     atomic_write_json(edir / "summary.json", {"policies": list(overall), "overall": overall})
     if not overall:
         return {"policies": 0}

@@ -26,8 +26,7 @@ def run(ctx: RunContext) -> dict:
     fcfg = build(ctx.cfg.flywheel, "flywheel")
     evolver = build(ctx.cfg.evolver, "evolver") if ctx.cfg.get("evolver") is not None else None
     with components.make_toolset(ctx) as toolset:
-        model, tok = components.load_policy(ctx, policy)
-        backend = components.make_backend(ctx, model if components.is_hf(ctx) else policy, tok)
+        backend, _ = components.policy_backend(ctx, policy)
         engine = components.make_engine(ctx, backend, toolset)
         pool = run_flywheel(engine, train, fcfg, fdir, tracker=ctx.tracker, evolver=evolver)
     summary = {"pool": len(pool)} if hasattr(pool, "__len__") else {}

@@ -8,7 +8,7 @@ Usage::
 Inputs are run directories or folders holding them (a Hydra multirun dir: one subdir per
 job named by its override dirname, e.g. ``experiment=grpo_correctness,seed=1``); run
 directories are found up to three levels down. A run's *group* is its overrides without
-the seed (``seed``, ``resume``, ``hydra.*``, ``paths.*`` dropped), read from
+the seed (``seed``, ``resume``, ``init_from``, ``init_stages``, ``logger``, ``hydra.*``, ``paths.*`` dropped), read from
 ``.hydra/overrides.yaml`` when present, else parsed from the directory name. Runs with no
 evaluated policy are listed and left out of the aggregate.
 
@@ -38,7 +38,8 @@ from etagent.evaluation.radar import radar_chart
 from etagent.report.rundata import load_policies, load_yaml, policy_label
 from etagent.utils.io import atomic_write_json, atomic_write_text
 
-IGNORED_KEYS = ("seed", "resume")
+# keys that do not define a group: the seed, and run plumbing (where stages came from, logging)
+IGNORED_KEYS = ("seed", "resume", "init_from", "init_stages", "logger")
 IGNORED_PREFIXES = ("hydra.", "paths.")
 
 
