@@ -28,6 +28,16 @@ def _torch_threads():
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_hydra_per_module():
+    # compose() keeps Hydra initialised within a module (speed); other modules initialise it
+    # themselves, so leave none behind.
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     assert SHARED.exists(), f"tests need ../shared beside the repo (or ETAGENT_SHARED); looked at {SHARED}"

@@ -91,3 +91,16 @@ def find_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
         if i >= 0 and (best is None or i + len(s) < best[0]):
             best = (i + len(s), s)
     return best
+
+
+def response_stop_ids(tokenizer: Any) -> list[int]:
+    """Ids that end a response on their own: eos and ChatML ``<|im_end|>`` (none without a tokenizer)."""
+    if tokenizer is None:
+        return []
+    try:
+        from etagent.models.tokenizer import stop_token_ids  # lazy: pulls in transformers
+
+        return stop_token_ids(tokenizer)
+    except Exception:  # noqa: BLE001 - any tokenizer without the ChatML tokens
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return [eos] if eos is not None else []

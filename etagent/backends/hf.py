@@ -24,20 +24,13 @@ per-token log-probs and entropies without materialising ``output_scores``.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
 
-from etagent.backends.base import EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, find_stop
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    try:
-        from etagent.models.tokenizer import stop_token_ids
-
-        return stop_token_ids(tokenizer)
-    except Exception:  # noqa: BLE001 - any tokenizer without the ChatML tokens
-        return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+from etagent.backends.base import (EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, response_stop_ids,
+                                   find_stop)
 
 
 def _select_rows(cache, idx: torch.Tensor) -> None:
@@ -79,13 +72,16 @@ class HFBackend(GenerationBackend):
         if model is not None:
             self.sync_weights(model)
         if tokenizer is not None:
-            self.eos_ids = list(eos_token_ids) if eos_token_ids is not None else _stop_ids(tokenizer)
+            self.eos_ids = self._resolve_eos_ids()
 
     # ------------------------------------------------------------------ setup
     def sync_weights(self, model: Any) -> None:
         if self.device_name not in (None, "auto"):
             model.to(torch.device(self.device_name))
         self.model = model
+
+    def _resolve_eos_ids(self) -> list[int]:
+        return list(self._eos_override) if self._eos_override is not None else response_stop_ids(self.tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -124,8 +120,8 @@ class HFBackend(GenerationBackend):
     def generate(self, prefixes: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         if self.model is None or self.tokenizer is None:
             raise RuntimeError("HFBackend needs a model and a tokenizer (sync_weights(model) / tokenizer=...)")
-        if not hasattr(self, "eos_ids"):
-            self.eos_ids = list(self._eos_override) if self._eos_override is not None else _stop_ids(self.tokenizer)
+        if not hasattr(self, "eos_ids"):  # tokenizer set after construction
+            self.eos_ids = self._resolve_eos_ids()
         for i, p in enumerate(prefixes):
             if not p:
                 raise ValueError(f"HFBackend.generate: prefix {i} is empty")
@@ -170,8 +166,6 @@ class HFBackend(GenerationBackend):
         return tok, logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1), entropy
 
     def _generate_chunk(self, prefixes: list[list[int]], params: SamplingParams, gen) -> list[Completion]:
-        import time
-
         dev = self.device
         B = len(prefixes)
         L = max(len(p) for p in prefixes)
@@ -238,7 +232,7 @@ class HFBackend(GenerationBackend):
             self.stats["steps"] += 1
         self.stats["forward_s"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(t) for t in toks)
-        out = [r for r in result]
+        out = list(result)
         if not params.logprobs:
             for r in out:
                 r.logprobs = None  # type: ignore[union-attr]

@@ -29,7 +29,8 @@ import random
 import threading
 from typing import Any
 
-from etagent.backends.base import EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, find_stop
+from etagent.backends.base import (EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, response_stop_ids,
+                                   find_stop)
 
 log = logging.getLogger(__name__)
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -150,14 +151,7 @@ class OpenAIBackend(GenerationBackend):
 
     # ------------------------------------------------------------------ parsing
     def _eos_ids(self) -> set[int]:
-        if self.tokenizer is None:
-            return set()
-        try:
-            from etagent.models.tokenizer import stop_token_ids
-
-            return set(stop_token_ids(self.tokenizer))
-        except Exception:  # noqa: BLE001
-            return {self.tokenizer.eos_token_id} - {None}
+        return set(response_stop_ids(self.tokenizer))
 
     def _encode(self, text: str) -> list[int]:
         if self.tokenizer is None:

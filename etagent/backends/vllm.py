@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from etagent.backends.base import EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams
+from etagent.backends.base import EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, response_stop_ids
 
 
 def _import_vllm():
@@ -67,13 +67,7 @@ class VLLMBackend(GenerationBackend):
 
     def _eos_ids(self) -> set[int]:
         if self._eos is None:
-            try:
-                from etagent.models.tokenizer import stop_token_ids
-
-                self._eos = set(stop_token_ids(self.tokenizer)) if self.tokenizer is not None else set()
-            except Exception:  # noqa: BLE001 - any tokenizer
-                eos = getattr(self.tokenizer, "eos_token_id", None)
-                self._eos = {eos} if eos is not None else set()
+            self._eos = set(response_stop_ids(self.tokenizer))
         return self._eos
 
     def _sampling_params(self, params: SamplingParams):

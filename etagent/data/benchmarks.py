@@ -23,12 +23,12 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from etagent.records import DOMAINS, MATH, QA, Example
+from etagent.grading import DEFAULT_METRIC, METRICS
+from etagent.records import DOMAINS, Example
+from etagent.utils.io import read_json
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_QUESTION_FIELDS: tuple[str, ...] = ("question", "problem")
-DEFAULT_METRIC = {MATH: "math", QA: "f1"}
-TASK_METRICS = ("math", "f1", "em")
 
 
 # --------------------------------------------------------------------------- raw rows
@@ -59,11 +59,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    data = read_json(path)
     if isinstance(data, Mapping) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]} wrapper (SQuAD-like dumps)
     if not isinstance(data, list):
@@ -261,8 +257,8 @@ class BenchmarkTask:
         if domain not in DOMAINS:
             raise ValueError(f"task {name}: domain must be one of {DOMAINS}, got {domain!r}")
         metric = metric or DEFAULT_METRIC[domain]
-        if metric not in TASK_METRICS:
-            raise ValueError(f"task {name}: metric must be one of {TASK_METRICS}, got {metric!r}")
+        if metric not in METRICS:
+            raise ValueError(f"task {name}: metric must be one of {METRICS}, got {metric!r}")
         self.name, self.domain, self.path, self.metric, self.limit = name, domain, path, metric, limit
         self.source = source or name
         self.id_field, self.answer_field = id_field, answer_field

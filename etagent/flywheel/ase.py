@@ -14,6 +14,7 @@ Before/after dev metrics are the evaluation stage's job (run it on both policy p
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -64,11 +65,8 @@ def run_ase(policy_path: str | os.PathLike, pool: Any, cfg: Any, out_dir: str | 
     seqs = to_sequences(trajs, tokenizer, sft_cfg.max_len)
     out = Path(out_dir)
     train_sft(model, tokenizer, seqs, sft_cfg, out, tracker=tracker, stage="ase", resume=resume)
-    strategies: dict[str, int] = {}
-    for t in trajs:
-        s = str(t.meta.get("strategy", "?"))
-        strategies[s] = strategies.get(s, 0) + 1
+    strategies = Counter(str(t.meta.get("strategy", "?")) for t in trajs)
     atomic_write_json(out / "ase_data.json", {"policy_in": str(policy_path), "trajectories": len(trajs),
                                               "questions": len({t.example_id for t in trajs}),
-                                              "by_strategy": strategies})
+                                              "by_strategy": dict(strategies)})
     return str(out / "final")

@@ -25,12 +25,14 @@ import re
 from typing import Any, Mapping
 
 from etagent import protocol
-from etagent.flywheel.fault import ABORTED, Fault, locate_fault, tool_for_fault
+from etagent.flywheel.fault import Fault, locate_fault, tool_for_fault
 from etagent.flywheel.textops import cost, normalise_response, split_steps
 from etagent.flywheel.verify import Candidate
 from etagent.records import Example, Trajectory
 
 Item = tuple[Example, Trajectory]
+#: how a hint is written into the trajectory (model text inside a think block)
+DEFAULT_HINT_FORMAT = protocol.open_tag(protocol.THINK) + "{hint}" + protocol.close_tag(protocol.THINK)
 
 DEFAULT_HINTS: dict[str, str] = {
     "insufficient.python": "I should compute this with python.",
@@ -49,7 +51,7 @@ class Evolver:
 
     name = "base"
 
-    def __init__(self, hints: Mapping[str, str] | None = None, hint_format: str = "<think>{hint}</think>"):
+    def __init__(self, hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
         self.hint_templates = dict(DEFAULT_HINTS if hints is None else hints)
         if "{hint}" not in hint_format:
             raise ValueError(f"evolver.hint_format must contain '{{hint}}', got {hint_format!r}")
@@ -90,7 +92,7 @@ class PolicyEvolver(Evolver):
     name = "policy"
 
     def __init__(self, refine_samples: int = 4, refine_temperature: float = 0.3,
-                 hints: Mapping[str, str] | None = None, hint_format: str = "<think>{hint}</think>"):
+                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
         super().__init__(hints, hint_format)
         self.refine_samples = refine_samples
         self.refine_temperature = refine_temperature
@@ -148,7 +150,7 @@ class LLMEvolver(Evolver):
                  max_new_tokens: int = 1024, whole_level: bool = True, step_level: bool = True,
                  locate_with_llm: bool = True, system_prompt: str | None = None,
                  begin_marker: str = "=== BEGIN ===", end_marker: str = "=== END ===",
-                 hints: Mapping[str, str] | None = None, hint_format: str = "<think>{hint}</think>"):
+                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
         super().__init__(hints, hint_format)
         required = ("refine_whole", "refine_step", "locate_fault", "write_hint", "correct_step")
         missing = [k for k in required if k not in prompts]

@@ -51,12 +51,6 @@ def _successful_calls(traj: Trajectory) -> int:
     return sum(1 for c in traj.tool_calls if not c.failed)
 
 
-def _needed_calls(traj: Trajectory, example: Example) -> int | None:
-    if example.plan is not None:
-        return len(example.plan)
-    return None
-
-
 def locate_fault(traj: Trajectory, example: Example) -> Fault:
     text = traj.response_text
     parsed = protocol.parse(text)
@@ -76,7 +70,7 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
 
     # 2. first grammar violation before the answer
     for err in parsed.errors:
-        if 0 <= err.position < answer_start and err.code not in ("answer_missing",):
+        if 0 <= err.position < answer_start and err.code != "answer_missing":
             seg_i = next((k for k, s in enumerate(segs) if s.start <= err.position < max(s.end, s.start + 1)), None)
             pos = segs[seg_i].start if seg_i is not None else err.position
             return Fault(pos, FORMAT, sum(1 for st in steps if segs[st.call].start < pos))
@@ -94,7 +88,7 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
     while k >= 0 and is_blank(segs[k]):
         k -= 1
     cut = segs[k].start if k >= 0 and segs[k].kind in (THINK, TEXT) else answer_start
-    needed = _needed_calls(traj, example)
+    needed = len(example.plan) if example.plan is not None else None
     ok_calls = _successful_calls(traj)
     label = traj.behaviour.get("insufficient") if traj.behaviour else None
     if needed is not None:

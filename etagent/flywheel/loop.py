@@ -30,17 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from etagent.behaviour import label_behaviour
 from etagent.flywheel.evolvers import Evolver, PolicyEvolver
 from etagent.flywheel.pool import SAMPLE, Pool
 from etagent.flywheel.report import behaviour_rates, write_round_report
 from etagent.flywheel.strategies import CORRECT, STRATEGIES, EvolveContext, build_strategies
-from etagent.flywheel.verify import ACCEPTED, Verifier
+from etagent.flywheel.verify import Verifier
 from etagent.records import Example, Trajectory, read_jsonl, write_jsonl
 from etagent.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
-ALL_STRATEGIES = ("modify_redundancy", "global_refine", "self_correct", "hint_injection")
+ALL_STRATEGIES = tuple(STRATEGIES)  # modify_redundancy, global_refine, self_correct, hint_injection
 
 
 @dataclass
@@ -78,29 +79,18 @@ def coerce_config(cfg: Any) -> FlywheelConfig:
     """Accept a FlywheelConfig, a dict or an OmegaConf node (``_target_`` ignored)."""
     if isinstance(cfg, FlywheelConfig):
         return cfg
-    try:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        if OmegaConf.is_config(cfg):
-            from hydra.utils import instantiate
+    if OmegaConf.is_config(cfg):
+        from hydra.utils import instantiate
 
-            return instantiate(cfg) if "_target_" in cfg else FlywheelConfig(**OmegaConf.to_container(cfg, resolve=True))
-    except ImportError:  # pragma: no cover
-        pass
+        return instantiate(cfg) if "_target_" in cfg else FlywheelConfig(**OmegaConf.to_container(cfg, resolve=True))
     d = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
     names = {f.name for f in dataclasses.fields(FlywheelConfig)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"flywheel config: unknown keys {unknown}")
     return FlywheelConfig(**d)
-
-
-def _label_fn() -> Callable[..., dict] | None:
-    try:
-        from etagent.behaviour import label_behaviour
-    except ImportError:
-        return None
-    return label_behaviour
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -121,7 +111,7 @@ def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
         engine.toolset, engine.backend.tokenizer, getattr(engine, "grader", grading.grade),
         min_correct=cfg.min_correct, require_same_results=cfg.require_same_results,
         allow_failed_calls=cfg.allow_failed_calls, max_result_chars=getattr(engine, "max_result_chars", None),
-        result_sep=getattr(engine, "result_sep", ""), label_fn=_label_fn(),
+        result_sep=getattr(engine, "result_sep", ""), label_fn=label_behaviour,
     )
 
 
@@ -143,7 +133,6 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
     verifier = verifier or build_verifier(engine, cfg)
     strategies = build_strategies(cfg.strategies)
     by_id = {e.id: e for e in examples}
-    label = _label_fn()
 
     pool, rows, start, stopped, finetuned_after = Pool(), [], 1, None, 0
     state_path = out / "state.json"
@@ -179,8 +168,8 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
         for s in samples:
             s.meta["rollout_strategy"] = s.meta.get("strategy")  # the engine's (standard|branching)
             s.meta.update(round=r, strategy=SAMPLE, parent_id=None)
-            if not s.behaviour and label is not None:
-                s.behaviour = dict(label(s, by_id[s.example_id], groups[s.example_id]))
+            if not s.behaviour:
+                s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id]))
         split = {CORRECT: [], "incorrect": []}
         for s in samples:
             ok = not s.format_errors and verifier.is_correct(by_id[s.example_id], s.correct)

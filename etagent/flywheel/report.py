@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from etagent.evaluation.metrics import FLAWS as BEHAVIOURS
 from etagent.utils.io import atomic_write_json, atomic_write_text
 
-BEHAVIOURS = ("redundant", "insufficient", "aborted", "erroneous")
 TABLE_COLUMNS = (
     "round", "questions", "samples", "sample_correct", "sample_mean_calls",
     "accepted", "rejected", "added", "pool_size", "pool_correct", "pool_mean_calls",

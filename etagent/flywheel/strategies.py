@@ -43,7 +43,7 @@ from etagent.flywheel.textops import (
     salient_tokens,
 )
 from etagent.flywheel.verify import Candidate, Verifier
-from etagent.protocol import RESULT, TOOL_TAGS, Segment
+from etagent.protocol import RESULT, TOOL_TAGS
 from etagent.records import Example, Trajectory
 
 CORRECT, INCORRECT = "correct", "incorrect"

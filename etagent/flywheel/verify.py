@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from etagent import grading, protocol
 from etagent.flywheel.textops import call_steps, salient_tokens
-from etagent.protocol import RESULT, TOOL_TAGS
+from etagent.protocol import TOOL_TAGS
 from etagent.records import OK, Example, ToolCall, Trajectory
 
 ACCEPTED, FORMAT, TOOL_FAILED, RESULT_CHANGED, INCORRECT, UNGROUNDED = (

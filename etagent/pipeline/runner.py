@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from etagent.config import build_partial
@@ -167,7 +166,3 @@ def _safe_container(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except Exception:  # noqa: BLE001 - hydra resolvers absent outside an app
         return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
-def in_hydra() -> bool:
-    return HydraConfig.initialized()

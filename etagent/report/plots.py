@@ -21,9 +21,10 @@ from typing import Mapping, Sequence
 import matplotlib
 from matplotlib.figure import Figure
 
+from etagent.evaluation.metrics import FLAWS
 from etagent.utils.io import atomic_write_bytes
 
-BEHAVIOURS = ("redundant", "insufficient", "aborted", "erroneous")
+BEHAVIOURS = FLAWS  # the behaviour labels, in the metrics tables' order
 Points = Sequence[tuple[int, float]]
 
 

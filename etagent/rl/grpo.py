@@ -172,11 +172,11 @@ def clipped_pg_loss(
     else:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {agg!r}")
     with torch.no_grad():
-        denom = n_tok.clamp(min=1.0)
+        n = n_tok.clamp(min=1.0)  # the stats are token means of this batch whatever ``denom`` is
         stats = {
-            "clip_frac": float(((pg2 > pg1).float() * mask).sum() / denom),
-            "ppo_kl": float((-log_ratio * mask).sum() / denom),
-            "kl": float((kl * mask).sum() / denom),
+            "clip_frac": float(((pg2 > pg1).float() * mask).sum() / n),
+            "ppo_kl": float((-log_ratio * mask).sum() / n),
+            "kl": float((kl * mask).sum() / n),
         }
     return loss, stats
 

@@ -186,6 +186,20 @@ def has_mixed_outcomes(values: Sequence[float], domain: str | None, qa_threshold
     return any(v >= qa_threshold for v in vals) and any(v < qa_threshold for v in vals)
 
 
+def mixed_only(
+    indices: Sequence[int],
+    correctness: Sequence[Sequence[float]],
+    domains: Sequence[str] | None = None,
+    qa_threshold: float = QA_THRESHOLD,
+) -> list[int]:
+    """The ``indices`` (order kept) whose question has mixed outcomes (:func:`has_mixed_outcomes`)."""
+    return [
+        i
+        for i in indices
+        if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], qa_threshold)
+    ]
+
+
 def pareto_select(
     tool_counts: Sequence[Sequence[float]],
     correctness: Sequence[Sequence[float]],
@@ -212,8 +226,4 @@ def pareto_select(
     ranked = pareto_rank(var_tool, var_corr, int(count))
     if not filter_mixed:
         return ranked
-    return [
-        i
-        for i in ranked
-        if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], qa_threshold)
-    ]
+    return mixed_only(ranked, correctness, domains, qa_threshold)

@@ -74,6 +74,11 @@ def reward_components(
     return torch.stack(parts, dim=-1)
 
 
+def _check_components(components: torch.Tensor) -> None:
+    if components.dim() != 3 or components.shape[-1] != len(COMPONENTS):
+        raise ValueError(f"reward: components must be [P, G, {len(COMPONENTS)}], got {tuple(components.shape)}")
+
+
 def _group_mean(x: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(-1, keepdim=True) / cnt
 
@@ -82,8 +87,7 @@ def shaping_factors(
     components: torch.Tensor, sigma_tool: float, sigma_len: float, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f_tool, f_len), each [P, G], from components [P, G, C]."""
-    if components.dim() != 3 or components.shape[-1] != len(COMPONENTS):
-        raise ValueError(f"reward: components must be [P, G, {len(COMPONENTS)}], got {tuple(components.shape)}")
+    _check_components(components)
     k, length = components[..., N_CALLS], components[..., LENGTH]
     m = torch.ones_like(k) if mask is None else mask.to(k.dtype)
     cnt = m.sum(-1, keepdim=True).clamp_min(1.0)
@@ -106,8 +110,7 @@ def shape_rewards(
     """Shaped reward [P, G] (see module docstring)."""
     if mode not in MODES:
         raise ValueError(f"reward.mode must be one of {MODES}, got {mode!r}")
-    if components.dim() != 3 or components.shape[-1] != len(COMPONENTS):
-        raise ValueError(f"reward: components must be [P, G, {len(COMPONENTS)}], got {tuple(components.shape)}")
+    _check_components(components)
     correct = components[..., CORRECTNESS]
     penalty = components[..., FORMAT_OK] - 1.0  # -1 when the grammar is invalid, else 0
     m = torch.ones_like(correct) if mask is None else mask.to(correct.dtype)

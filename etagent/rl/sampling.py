@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from etagent.rl.pareto import QA_THRESHOLD, has_mixed_outcomes, pareto_select
+from etagent.rl.pareto import QA_THRESHOLD, mixed_only, pareto_select
 
 
 def _check_lengths(tool_counts, correctness, domains) -> None:
@@ -30,14 +30,6 @@ def _check_lengths(tool_counts, correctness, domains) -> None:
         )
     if domains is not None and len(domains) != len(correctness):
         raise ValueError(f"sampler: domains has {len(domains)} entries for {len(correctness)} questions")
-
-
-def _mixed(correctness, domains, qa_threshold: float) -> list[int]:
-    return [
-        i
-        for i in range(len(correctness))
-        if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], qa_threshold)
-    ]
 
 
 class ParetoSampler:
@@ -86,7 +78,8 @@ class RandomSampler:
     ) -> list[int]:
         _check_lengths(tool_counts, correctness, domains)
         pool = (
-            _mixed(correctness, domains, self.qa_threshold) if self.filter_mixed else list(range(len(correctness)))
+            mixed_only(range(len(correctness)), correctness, domains, self.qa_threshold)
+            if self.filter_mixed else list(range(len(correctness)))
         )
         # why: a private RNG so selection never depends on (or disturbs) the global stream
         return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
@@ -109,5 +102,5 @@ class AllSampler:
     ) -> list[int]:
         _check_lengths(tool_counts, correctness, domains)
         if self.filter_mixed:
-            return _mixed(correctness, domains, self.qa_threshold)
+            return mixed_only(range(len(correctness)), correctness, domains, self.qa_threshold)
         return list(range(len(correctness)))

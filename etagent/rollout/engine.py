@@ -45,10 +45,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from etagent import protocol
+from etagent import grading, protocol
 from etagent.backends.base import EOS, LENGTH, Completion, GenerationBackend, SamplingParams
-from etagent.records import BUDGET, ERROR, INVALID, OK, TIMEOUT, Example, ToolCall, Trajectory
+from etagent.behaviour import label_behaviour
+from etagent.models.prompting import build_prompt_ids
+from etagent.records import BUDGET, ERROR, INVALID, OK, Example, ToolCall, Trajectory
 from etagent.rollout.branching import EntropyBrancher
+from etagent.tools.base import TOOL_STATUSES, truncate_text
 
 STRATEGIES = ("standard", "branching")
 # finish reasons of a trajectory
@@ -105,25 +108,11 @@ def _count(calls: Sequence[ToolCall]) -> dict[str, int]:
 
 
 def _default_grader(example: Example, answer: str | None) -> float:
-    from etagent import grading
-
     return float(grading.grade(example, answer))
 
 
-def _extract_answer(text: str) -> str | None:
-    try:
-        from etagent.grading import extract_answer
-    except ImportError:  # grading not available: the protocol's own rule
-        return protocol.parse(text).answer()
-    return extract_answer(text)
-
-
-def _truncate(text: str, max_chars: int) -> str:
-    try:
-        from etagent.tools.base import truncate_text
-    except ImportError:
-        return text if max_chars <= 0 or len(text) <= max_chars else text[:max_chars] + "...[truncated]"
-    return truncate_text(text, max_chars)[0]
+#: call closer -> tool kind (``</python>`` -> ``python``)
+_CALL_KIND = {protocol.close_tag(t): t for t in protocol.TOOL_TAGS}
 
 
 class RolloutEngine:
@@ -177,8 +166,6 @@ class RolloutEngine:
         return self._enc_cache[text]
 
     def _prompt_ids(self, ex: Example) -> list[int]:
-        from etagent.models.prompting import build_prompt_ids
-
         return build_prompt_ids(self.tokenizer, ex.question, self.system_prompt)
 
     def _init_prefix(self, row: _Row, prefix: str, as_model: bool) -> None:
@@ -225,7 +212,7 @@ class RolloutEngine:
         row.pending = (kind, query)
 
     def _inject(self, row: _Row, call: ToolCall) -> None:
-        body = _truncate(call.result.strip(), self.max_result_chars)
+        body = truncate_text(call.result.strip(), self.max_result_chars)[0]
         call.result = body
         row.calls.append(call)
         row.add(self._encode(protocol.format_result(body)), 0, None, "result")
@@ -251,7 +238,7 @@ class RolloutEngine:
             row.finish = F_STOP
 
     def _parse_call(self, row: _Row, turn_ids: list[int], stop: str) -> None:
-        kind = stop[2:-1]
+        kind = _CALL_KIND[stop]
         text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         call = protocol.last_call(text)
         if call is not None and call.kind == kind:
@@ -285,7 +272,7 @@ class RolloutEngine:
             if res is None:
                 call = ToolCall(kind, query, err, ERROR, dt)
             else:
-                status = res.status if res.status in (OK, ERROR, TIMEOUT) else ERROR
+                status = res.status if res.status in TOOL_STATUSES else ERROR
                 call = ToolCall(kind, query, res.output, status, float(res.wall_s))
             self._inject(row, call)
         return dt
@@ -418,7 +405,7 @@ class RolloutEngine:
             index = {r.uid: k for k, r in enumerate(rows)}
             for k, row in enumerate(rows):
                 text = self.tokenizer.decode(row.ids, skip_special_tokens=False)
-                answer = _extract_answer(text)
+                answer = grading.extract_answer(text)
                 try:
                     correct = float(self.grader(ex, answer))
                 except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
@@ -448,9 +435,5 @@ class RolloutEngine:
 
     @staticmethod
     def _label(trajs: list[Trajectory], ex: Example) -> None:
-        try:
-            from etagent.behaviour import label_behaviour
-        except ImportError:  # behaviour analysis not installed yet
-            return
         for t in trajs:
             t.behaviour = dict(label_behaviour(t, ex, trajs))

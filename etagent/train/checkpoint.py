@@ -15,7 +15,6 @@ that the next save removes.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -167,5 +166,5 @@ def save_final(model, tokenizer, path: str | os.PathLike, summary: dict[str, Any
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        (tmp / "sft_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / "sft_summary.json", summary)
     return path

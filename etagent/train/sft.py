@@ -100,13 +100,10 @@ class SFTConfig:
     def coerce(cls, cfg: "SFTConfig | dict | Any") -> "SFTConfig":
         if isinstance(cfg, SFTConfig):
             return cfg
-        try:
-            from omegaconf import OmegaConf
+        from omegaconf import OmegaConf
 
-            if OmegaConf.is_config(cfg):
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-        except ImportError:  # pragma: no cover
-            pass
+        if OmegaConf.is_config(cfg):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         cfg = {k: v for k, v in dict(cfg).items() if k != "_target_"}
         unknown = set(cfg) - {f.name for f in fields(cls)}
         if unknown:

@@ -18,9 +18,11 @@ import copy
 import hashlib
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from etagent.grading import DEFAULT_METRIC
 from etagent.records import MATH, QA, Example, write_jsonl
 from etagent.utils.io import atomic_write_json, atomic_write_text, read_json
 
@@ -36,7 +38,6 @@ DEFAULT_MIX: dict[str, float] = {"math_tool": 0.30, "math_recall": 0.10, "math_c
 DEFAULT_WORLD: dict[str, Any] = {"n_people": 400, "n_famous": 8, "n_cities": 40, "n_countries": 8,
                                  "founder_share": 0.5, "passage_style": "fact"}
 SOURCES = {MATH: "synthetic-math", QA: "synthetic-qa"}
-_METRIC = {MATH: "math", QA: "f1"}
 CORPUS_FILE, MANIFEST_FILE = "corpus.jsonl", "manifest.json"
 _FORMAT_VERSION = 3  # bump when generation changes, so stale files on disk are rewritten
 _MAX_TRIES = 2000
@@ -214,11 +215,8 @@ class SyntheticTask:
     def _to_example(self, c: Candidate, split: str, i: int) -> Example:
         return Example(id=f"{self.name}-{split}-{i:05d}", question=c.question, answers=list(c.answers),
                        domain=c.domain, source=SOURCES[c.domain], split=split, plan=list(c.plan),
-                       meta={"type": c.qtype, "metric": _METRIC[c.domain], **copy.deepcopy(c.meta)})
+                       meta={"type": c.qtype, "metric": DEFAULT_METRIC[c.domain], **copy.deepcopy(c.meta)})
 
 
 def _type_counts(examples: list[Example]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in examples:
-        counts[e.meta["type"]] = counts.get(e.meta["type"], 0) + 1
-    return counts
+    return dict(Counter(e.meta["type"] for e in examples))

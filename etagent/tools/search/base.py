@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from etagent.records import ERROR, OK
-from etagent.tools.base import ToolResult
+from etagent.tools.base import ToolResult, truncate_text
 
 NO_RESULTS = "No results found."
 
@@ -69,7 +69,7 @@ def cap_lines(text: str, max_chars: int) -> tuple[str, bool]:
         return text, False
     lines = text.split("\n")
     if len(lines) == 1:
-        return f"{text[:max_chars]}...[truncated {len(text) - max_chars} chars]", True
+        return truncate_text(text, max_chars)
     budget = max(max_chars - (len(lines) - 1), len(lines))
     lens = sorted(len(line) for line in lines)
     share, left, n = 0, budget, len(lines)

