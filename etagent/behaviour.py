@@ -143,11 +143,10 @@ def _is_wrong(traj: Trajectory, example: Example) -> bool:
 # --------------------------------------------------------------------------- labelling
 
 
-def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> tuple[list[int], list[int], int, int]:
-    """(redundant indices, aborted indices, n_useful, n_satisfied_steps)."""
+def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list[int]):
+    """Yield (index, call) for calls that ran and repeat no earlier call; failed calls go to
+    ``aborted`` and repeats (same kind + normalised query) to ``redundant``, in order."""
     seen: set[tuple[str, str]] = set()
-    needed = list(range(len(plan)))
-    redundant, aborted, useful = [], [], 0
     for i, c in enumerate(calls):
         if c.status != OK:
             aborted.append(i)
@@ -157,6 +156,16 @@ def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> t
             redundant.append(i)
             continue
         seen.add(key)
+        yield i, c
+
+
+def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> tuple[list[int], list[int], int, int]:
+    """(redundant indices, aborted indices, n_useful, n_satisfied_steps)."""
+    needed = list(range(len(plan)))
+    redundant: list[int] = []
+    aborted: list[int] = []
+    useful = 0
+    for i, c in _new_ok_calls(calls, redundant, aborted):
         hit = [j for j in needed if surfaces(c.result, plan[j].expect)]
         if hit:
             useful += 1
@@ -169,17 +178,10 @@ def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> t
 def _label_calls_heuristic(traj: Trajectory, question: str) -> tuple[list[int], list[int], int]:
     later = _later_texts(traj)
     q_tokens = _tokens(question)
-    seen: set[tuple[str, str]] = set()
-    redundant, aborted, useful = [], [], 0
-    for i, c in enumerate(traj.tool_calls):
-        if c.status != OK:
-            aborted.append(i)
-            continue
-        key = (c.kind, normalise_query(c.kind, c.query))
-        if key in seen:
-            redundant.append(i)
-            continue
-        seen.add(key)
+    redundant: list[int] = []
+    aborted: list[int] = []
+    useful = 0
+    for i, c in _new_ok_calls(traj.tool_calls, redundant, aborted):
         sal = _salient(c.result, q_tokens | _tokens(c.query))
         if sal and sal & _tokens(later[i]):
             useful += 1

@@ -32,17 +32,25 @@ def _check_lengths(tool_counts, correctness, domains) -> None:
         raise ValueError(f"sampler: domains has {len(domains)} entries for {len(correctness)} questions")
 
 
-class ParetoSampler:
+class _Sampler:
+    """Shared settings of the selectors (validated once here)."""
+
+    def _setup(self, count: int | None, qa_threshold: float, filter_mixed: bool) -> None:
+        if count is not None:
+            if count < 0:
+                raise ValueError(f"sampling.count must be >= 0, got {count}")
+            self.count = int(count)
+        self.qa_threshold = float(qa_threshold)
+        self.filter_mixed = bool(filter_mixed)
+
+
+class ParetoSampler(_Sampler):
     """NSGA-II over (variance of tool calls, variance of correctness); see :func:`pareto_select`."""
 
     name = "pareto"
 
     def __init__(self, count: int, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = True) -> None:
-        if count < 0:
-            raise ValueError(f"sampling.count must be >= 0, got {count}")
-        self.count = int(count)
-        self.qa_threshold = float(qa_threshold)
-        self.filter_mixed = bool(filter_mixed)
+        self._setup(count, qa_threshold, filter_mixed)
 
     def select(
         self,
@@ -55,7 +63,7 @@ class ParetoSampler:
         )
 
 
-class RandomSampler:
+class RandomSampler(_Sampler):
     """``count`` questions drawn uniformly without replacement (same seed, same draw)."""
 
     name = "random"
@@ -63,12 +71,8 @@ class RandomSampler:
     def __init__(
         self, count: int, seed: int = 0, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = False
     ) -> None:
-        if count < 0:
-            raise ValueError(f"sampling.count must be >= 0, got {count}")
-        self.count = int(count)
+        self._setup(count, qa_threshold, filter_mixed)
         self.seed = int(seed)
-        self.qa_threshold = float(qa_threshold)
-        self.filter_mixed = bool(filter_mixed)
 
     def select(
         self,
@@ -85,14 +89,13 @@ class RandomSampler:
         return random.Random(self.seed).sample(pool, min(self.count, len(pool)))
 
 
-class AllSampler:
+class AllSampler(_Sampler):
     """Every question, in index order."""
 
     name = "all"
 
     def __init__(self, qa_threshold: float = QA_THRESHOLD, filter_mixed: bool = False) -> None:
-        self.qa_threshold = float(qa_threshold)
-        self.filter_mixed = bool(filter_mixed)
+        self._setup(None, qa_threshold, filter_mixed)
 
     def select(
         self,
