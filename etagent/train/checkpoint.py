@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from etagent.utils.io import atomic_write_json, read_json
+from etagent.utils.io import apply_umask_tree, atomic_write_json, read_json
 
 STEP_PREFIX = "step-"
 
@@ -73,6 +73,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        apply_umask_tree(tmp)  # safetensors writes 0600; the run dir follows the umask
         _fsync_dir(tmp)
         if path.exists():
             old = path.parent / f".old-{path.name}"

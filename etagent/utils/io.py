@@ -1,4 +1,9 @@
-"""Atomic file writes and completion markers: a killed stage never leaves half a file."""
+"""Atomic file writes and completion markers: a killed stage never leaves half a file.
+
+Files and directories made through temp names (``mkstemp``/``mkdtemp`` create them 0600/0700)
+get the mode an ordinary ``open``/``mkdir`` would give: 0666/0777 minus the process umask,
+so a run directory is as readable as the user's umask says (:func:`umask_mode`).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,53 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is racy across threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(directory: bool = False) -> int:
+    """Mode a plain ``open(.., "w")`` (0666) or ``mkdir`` (0777) would create under the umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``parent`` with the umask's directory mode instead of 0700."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, umask_mode(directory=True))
+    return tmp
+
+
+def apply_umask_tree(root: str | os.PathLike) -> None:
+    """Give every file/dir under ``root`` the umask's mode (safetensors writes 0600 files)."""
+    root = Path(root)
+    if not root.exists():
+        return
+    fmode, dmode = umask_mode(), umask_mode(directory=True)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, dmode)
+        else:  # keep execute bits the umask allows
+            os.chmod(p, fmode | (p.stat().st_mode & 0o111 & dmode))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from etagent.tools.search.base import Passage, SearchError, file_sha256, load_corpus
-from etagent.utils.io import atomic_write_json, read_json
+from etagent.utils.io import atomic_write_json, make_temp_dir, read_json
 
 # bm25s logs every empty query and index build at INFO; under Hydra's logging that floods runs.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -66,7 +65,7 @@ class BM25Backend:
     def _save(self) -> None:
         """Write into a temp dir and rename, so a concurrent reader never sees half an index."""
         self.index_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.index_dir.name}.", dir=self.index_dir.parent))
+        tmp = make_temp_dir(self.index_dir.parent, f".{self.index_dir.name}.")  # umask mode, not 0700
         try:
             self.retriever.save(str(tmp), show_progress=False)
             atomic_write_json(tmp / _META, self.meta)
