@@ -26,12 +26,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         print(f"[etagent] config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    summary = run_pipeline(cfg)
+    try:
+        summary = run_pipeline(cfg)
+    except ConfigError as exc:  # e.g. a resume whose config differs from the run's (keys listed)
+        print(f"[etagent] {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # a scalar for Hydra sweepers (higher is better)
     return summary.get("objective") if isinstance(summary, dict) else None
 
 
 def main() -> None:
+    from etagent.utils.logs import calm_progress_bars
+
+    calm_progress_bars()  # before anything imports tqdm: off a terminal, a bar redraws once a minute
     _hydra_main()
 
 

@@ -7,6 +7,8 @@ so an interrupted evaluation continues with the next policy.
 
 from __future__ import annotations
 
+import logging
+
 from tqdm.auto import tqdm
 
 from etagent.config import build
@@ -14,6 +16,8 @@ from etagent.evaluation.evaluate import evaluate, write_eval
 from etagent.pipeline import components
 from etagent.pipeline.context import RunContext
 from etagent.utils.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext) -> dict:
@@ -40,6 +44,10 @@ def run(ctx: RunContext) -> dict:
                             stage=f"eval/{name}")
             del model, backend, engine  # free the policy before loading the next one
     atomic_write_json(edir / "summary.json", {"policies": list(overall), "overall": overall})
+    if overall:  # the results themselves belong in the run's log, not only in files
+        from etagent.evaluation.metrics import metrics_table_markdown
+
+        log.info("eval on %s (%d questions):\n%s", ecfg.split, len(examples), metrics_table_markdown(overall).rstrip())
     if not overall:
         return {"policies": 0}
     first, last = list(overall)[0], list(overall)[-1]
