@@ -35,12 +35,9 @@ from typing import Any, Sequence
 
 from etagent.evaluation.metrics import TABLE_COLUMNS, metrics_table_markdown
 from etagent.evaluation.radar import radar_chart
+from etagent.report.identity import IGNORED_KEYS, IGNORED_PREFIXES, _key, group_of  # noqa: F401
 from etagent.report.rundata import load_policies, load_yaml, policy_label
 from etagent.utils.io import atomic_write_json, atomic_write_text
-
-# keys that do not define a group: the seed, and run plumbing (where stages came from, logging)
-IGNORED_KEYS = ("seed", "resume", "init_from", "init_stages", "logger")
-IGNORED_PREFIXES = ("hydra.", "paths.")
 
 
 @dataclass
@@ -70,15 +67,6 @@ def split_override_dirname(name: str) -> list[str]:
     if cur:
         parts.append(cur)
     return [p for p in parts if "=" in p]
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def group_of(overrides: Sequence[str]) -> str:
-    kept = sorted(o for o in overrides if _key(o) not in IGNORED_KEYS and not _key(o).startswith(IGNORED_PREFIXES))
-    return ",".join(kept) or "default"
 
 
 def _is_run(p: Path) -> bool:
