@@ -298,6 +298,17 @@ def format_call(kind: str, query: str) -> str:
     return f"{open_tag(kind)}{query}{close_tag(kind)}"
 
 
+def format_tool_turn(kind: str, query: str, body: str) -> str:
+    """A call and its result exactly as a rollout produces them: the sampler stops at the
+    call's closer and the environment appends :func:`format_result` right after it.
+
+    The one text format of a tool turn: teacher data, flywheel edits, rollouts and the verl
+    export all write it this way, so training text and inference-time sequences agree token
+    for token (``tests/test_format_parity.py``).
+    """
+    return format_call(kind, query) + format_result(body)
+
+
 # --------------------------------------------------------------------------- tokens
 
 

@@ -60,7 +60,8 @@ def run(ctx: RunContext) -> dict:
         corpus = [r["text"] for r in read_jsonl_dicts(wdir / "corpus.jsonl")] if (wdir / "corpus.jsonl").exists() else []
         questions = [e.question for split in ("train", "dev") for e in components.load_split(ctx, split)]
         texts = [r["response_text"] for r in teacher_rows] + questions + corpus
-        tok = build_tokenizer(texts, vocab_size=spec.vocab_size)
+        lexicon = task.lexicon() if hasattr(task, "lexicon") else []
+        tok = build_tokenizer(texts, vocab_size=spec.vocab_size, atomic_words=lexicon)
         model = build_scratch_model(spec, len(tok), tok.eos_token_id, tok.pad_token_id, seed=int(cfg.seed))
         tok.save_pretrained(str(tok_dir))
         tmp = model_dir.with_name(model_dir.name + ".tmp")

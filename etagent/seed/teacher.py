@@ -252,8 +252,7 @@ def _render(sc: _Script, results: Mapping[tuple[str, str], Any]) -> str:
     for c in sc.calls:
         if c.think:
             parts.append(f"<think>{c.think}</think>")
-        parts.append(protocol.format_call(c.kind, c.query))
-        parts.append(protocol.format_result(results[(c.kind, c.query)].output))
+        parts.append(protocol.format_tool_turn(c.kind, c.query, results[(c.kind, c.query)].output))
         if c.after:
             parts.append(f"<think>{c.after}</think>")
     parts.append(protocol.format_answer(sc.answer, prefix=ANSWER_PREFIX))

@@ -90,6 +90,11 @@ class World:
         texts = [(t, x) for t in titles for x in self.passages(t)]
         return [{"id": f"p{i:05d}", "title": t, "text": x} for i, (t, x) in enumerate(texts)]
 
+    def name_words(self) -> list[str]:
+        """Every word of every entity name, sorted (company suffixes such as ``Labs`` included)."""
+        names = list(self.people) + list(self.companies) + list(self.cities) + list(self.countries)
+        return sorted({w for n in names for w in n.split()})
+
     @property
     def famous_people(self) -> list[Person]:
         return [p for p in self.people.values() if p.famous]

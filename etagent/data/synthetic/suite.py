@@ -121,6 +121,11 @@ class SyntheticTask:
     def corpus_records(self) -> list[dict]:
         return self.world.corpus_records()
 
+    def lexicon(self) -> list[str]:
+        """Words the embedded tokenizer keeps atomic: every word of every entity name (no
+        name word is shared between entities, so one id always means one entity)."""
+        return self.world.name_words()
+
     def domain_of(self, example: Example) -> str:
         return example.domain
 
