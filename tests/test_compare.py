@@ -85,3 +85,24 @@ def test_main_cli_and_console_entry(sweep: Path, tmp_path: Path, capsys):
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o2" / "compare.csv").exists() and "4 runs, 2 groups" in r.stdout
+
+
+def test_sweep_tidy_tables_share_the_run_schema(sweep: Path, tmp_path: Path):
+    import pandas as pd
+
+    from etagent.report.results import RESULT_COLUMNS, write_run_results
+
+    one = next(p for p in sweep.iterdir() if p.name == "experiment=full,seed=1")
+    write_run_results(one)  # one run has its table already; the others are built from their eval files
+    compare([sweep], tmp_path / "out")
+    res = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert list(res.columns) == list(RESULT_COLUMNS)
+    assert list(pd.read_csv(tmp_path / "out" / "results.csv").columns) == list(RESULT_COLUMNS)
+    assert set(res.experiment) == {"experiment=full", "experiment=grpo_correctness"} and set(res.seed) == {0, 1}
+    final = res[(res.policy == "rl_stage_2") & (res.domain == "all") & (res.metric == "correctness")]
+    assert sorted(final[final.experiment == "experiment=full"].value) == pytest.approx([0.5, 0.7])
+    agg = pd.read_csv(tmp_path / "out" / "aggregate.csv")
+    row = agg[(agg.experiment == "experiment=full") & (agg.policy == "rl_stage_2") & (agg.domain == "all")
+              & (agg.metric == "correctness")].iloc[0]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1414213562) and row.n_runs == 2
+    assert row.seeds == "0 1"

@@ -18,7 +18,11 @@ tool productivity without any call) and its own count is kept (``n`` per metric)
 
 Writes ``compare.md`` (table of group means ± std, then the per-run table), ``compare.csv``
 (one row per group: ``<metric>_mean``, ``<metric>_std``, ``<metric>_n``), ``compare.json``
-and ``radar.png`` (group means) into ``--out`` (default ``<sweep dir>/compare``).
+and ``radar.png`` (group means) into ``--out`` (default ``<sweep dir>/compare``), and the tidy
+tables in the runs' own schema (:mod:`etagent.report.results`): ``results.{parquet,csv}`` and
+``questions.{parquet,csv}`` (every run's rows, read from its ``results.parquet`` or built from
+its eval files) and ``aggregate.{parquet,csv}`` (per experiment x policy x split x domain x
+benchmark x metric: mean, sample std, n_runs, seeds).
 """
 
 from __future__ import annotations
@@ -183,6 +187,36 @@ def to_csv(groups: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def aggregate_frame(results):
+    """Long per-experiment summary of a sweep's tidy table: mean, sample std (ddof 1), runs, seeds."""
+    keys = ["experiment", "policy", "split", "domain", "benchmark", "metric"]
+    if results.empty:
+        import pandas as pd
+
+        return pd.DataFrame(columns=[*keys, "mean", "std", "n_runs", "seeds"])
+    g = results.dropna(subset=["value"]).groupby(keys, sort=False, dropna=False)
+    agg = g["value"].agg(mean="mean", std="std", n_runs="count").reset_index()
+    seeds = g["seed"].agg(lambda s: " ".join(str(x) for x in s)).reset_index(drop=True)
+    agg["seeds"] = seeds.values
+    return agg
+
+
+def write_sweep_results(run_paths: Sequence[Path], out: Path) -> dict[str, Path]:
+    """Every run's tidy tables concatenated (same schema as a run's) + the per-experiment aggregate."""
+    import pandas as pd
+
+    from etagent.report.results import load_results, questions_frame, results_frame, write_frame
+
+    res = [load_results(p) for p in run_paths]
+    qs = [load_results(p, questions=True) for p in run_paths]
+    results = pd.concat([results_frame([]), *[r for r in res if not r.empty]], ignore_index=True)
+    questions = pd.concat([questions_frame([]), *[q for q in qs if not q.empty]], ignore_index=True)
+    paths = {"results": write_frame(results, out, "results")[0],
+             "questions": write_frame(questions, out, "questions")[0],
+             "aggregate": write_frame(aggregate_frame(results), out, "aggregate")[0]}
+    return paths
+
+
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final") -> dict[str, Any]:
     """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON."""
     found = find_runs(paths)
@@ -200,6 +234,8 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
         "runs": [{"job": r.job, "path": str(r.path), "group": r.group, "seed": r.seed, "policy": r.policy,
                   "overrides": r.overrides, "metrics": r.metrics} for r in runs],
     }
+    tidy = write_sweep_results([r.path for r in runs], out)
+    result["tidy"] = {k: str(v) for k, v in tidy.items()}
     atomic_write_text(out / "compare.md", markdown(groups, runs))
     atomic_write_text(out / "compare.csv", to_csv(groups))
     atomic_write_json(out / "compare.json", result)

@@ -309,7 +309,7 @@ def _flywheel_section(rd: RunData) -> str:
     return "\n".join(out) + "\n"
 
 
-_RL_COLS = ("name", "n_sampled", "n_selected", "sample_correct_mean", "sample_tool_calls_mean",
+_RL_COLS = ("name", "n_sampled", "n_selected", "selected_by", "sample_correct_mean", "sample_tool_calls_mean",
             "sample_mixed_share", "steps", "reward_mean_first", "reward_mean_last")
 
 
@@ -407,6 +407,10 @@ def write_report(run_dir: str | Path) -> Path:
     rd = load_run(run_dir)
     baselines, warnings = load_baselines(rd)
     made = make_plots(rd, baselines, rd.run_dir / PLOTS_DIR)
+    if rd.policies:  # the tidy tables: results.{parquet,csv}, questions.{parquet,csv}
+        from etagent.report.results import write_run_results
+
+        write_run_results(rd.run_dir)
     path = rd.run_dir / "report.md"
     atomic_write_text(path, render_report(rd, made, baselines, warnings))
     return path
