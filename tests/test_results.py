@@ -157,3 +157,21 @@ def test_metrics_jsonl_lines_concatenate_with_results(tmp_path: Path):
     line = json.loads((run / "metrics" / "seed.jsonl").read_text().splitlines()[-1])
     df = load_results(run)
     assert (line["run_id"], line["experiment"], line["seed"]) == (df.run_id[0], df.experiment[0], df.seed[0])
+
+
+def test_what_changed_says_whether_a_change_is_outside_the_interval(real_run: Path, tmp_path: Path):
+    from etagent.report.report import what_changed
+    from etagent.report.rundata import load_run
+
+    df = load_results(real_run)
+    line = what_changed(load_run(real_run))
+    for metric, label in (("correctness", "correctness"), ("redundant_rate", "redundant")):
+        seed = df[(df.policy == "seed") & (df.domain == "all") & (df.metric == metric)].iloc[0]
+        final = df[(df.policy == "rl_stage_1") & (df.domain == "all") & (df.metric == metric)].iloc[0]
+        where = "outside" if not seed.ci_low <= final.value <= seed.ci_high else "within"
+        ci = f"{seed.ci_low * 100:.1f}-{seed.ci_high * 100:.1f}%"
+        assert f"{label} {seed.value * 100:.1f}% -> {final.value * 100:.1f}% ({where} CI {ci})" in line, line
+    # a large shift on a known n is flagged: 12 of 30 redundant -> 0 (Wilson 25.6-58.6%)
+    run = make_run(tmp_path / "r", flywheel=False, levels=(0.0, 0.2, 0.5, 1.0))
+    line = what_changed(load_run(run))
+    assert "redundant 40.0% -> 0.0% (outside CI 24.6-57.7%)" in line and "stand out from noise" in line

@@ -238,8 +238,29 @@ def _metrics_section(rd: RunData, baselines: Mapping[str, Mapping[str, Any]], wa
     return "\n".join(out) + "\n"
 
 
+def _intervals(rd: RunData) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    """(policy, metric) -> 95% interval on the whole split, from the run's tidy table."""
+    try:
+        from etagent.report.results import load_results
+
+        df = load_results(rd.run_dir)
+    except (OSError, ValueError, ImportError):
+        return {}
+    df = df[df.domain == "all"]
+    df = df[df.benchmark == df.benchmark.iloc[0]] if len(df) else df
+    out = {}
+    for r in df.itertuples(index=False):
+        lo = None if r.ci_low != r.ci_low else float(r.ci_low)  # NaN -> None
+        hi = None if r.ci_high != r.ci_high else float(r.ci_high)
+        out[(r.policy, r.metric)] = (lo, hi)
+    return out
+
+
 def what_changed(rd: RunData) -> str:
-    """One line: first policy -> final policy on the headline metrics."""
+    """One line: first policy -> final policy on the headline metrics, each change marked as
+    outside or within the first policy's 95% interval (Wilson for shares, normal for means)."""
+    from etagent.report.stats import change_outside
+
     pols = rd.overall()
     if not pols:
         return "No evaluated policy in this run."
@@ -247,19 +268,34 @@ def what_changed(rd: RunData) -> str:
     if len(names) == 1:
         return f"Only one policy evaluated ({policy_label(names[0])})."
     a, b = pols[names[0]], pols[names[-1]]
+    cis = _intervals(rd)
+    outside_any = False
 
     def pair(key: str, label: str, scale: float, fmt: str, unit: str = "") -> str | None:
+        nonlocal outside_any
         x, y = a.get(key), b.get(key)
         if x is None or y is None:
             return None
-        return f"{label} {format(x * scale, fmt)}{unit} -> {format(y * scale, fmt)}{unit}"
+        text = f"{label} {format(x * scale, fmt)}{unit} -> {format(y * scale, fmt)}{unit}"
+        lo, hi = cis.get((names[0], key), (None, None))
+        out = change_outside(y, lo, hi)
+        if out is None:
+            return text
+        outside_any |= out
+        ci = f"{format(lo * scale, fmt)}-{format(hi * scale, fmt)}{unit}"
+        return text + (f" (outside CI {ci})" if out else f" (within CI {ci})")
 
     parts = [pair("correctness", "correctness", 100, ".1f", "%"), pair("efficiency", "efficiency", 100, ".1f", "%"),
              pair("mean_calls", "calls/question", 1, ".2f"), pair("model_tokens_mean", "tokens", 1, ".0f"),
              pair("redundant_rate", "redundant", 100, ".1f", "%"),
              pair("insufficient_rate", "insufficient", 100, ".1f", "%")]
-    return (f"**What changed** ({policy_label(names[0])} -> {policy_label(names[-1])}): "
+    line = (f"**What changed** ({policy_label(names[0])} -> {policy_label(names[-1])}): "
             + "; ".join(p for p in parts if p) + ".")
+    if cis:
+        line += (f" CI = 95% interval of {policy_label(names[0])} (Wilson for shares, mean ± 1.96 se otherwise); "
+                 + ("a change within it is not distinguishable from noise on this split."
+                    if not outside_any else "only changes outside it stand out from noise on this split."))
+    return line
 
 
 def _table(rows: Mapping[str, Mapping[str, Any]], first: str) -> str:
