@@ -48,7 +48,7 @@ import re
 from typing import Any, Sequence
 
 from etagent import grading, protocol
-from etagent.records import OK, Example, PlanStep, ToolCall, Trajectory
+from etagent.records import BUDGET, OK, Example, PlanStep, ToolCall, Trajectory
 
 EXACT, HEURISTIC = "exact", "heuristic"
 
@@ -136,18 +136,28 @@ def _later_texts(traj: Trajectory) -> list[str]:
     return out
 
 
-def _is_wrong(traj: Trajectory, example: Example) -> bool:
-    return not grading.is_success(example.domain, float(traj.correct))
+def _is_wrong(traj: Trajectory, example: Example, policy: grading.GradingPolicy | None = None) -> bool:
+    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.correct))
+
+
+def call_count(traj: Trajectory) -> int:
+    """Tool calls of a trajectory by the official rule: paired ``<python>``/``<search>`` tags
+    in its text (a stray closer or an unclosed opener is not a call)."""
+    return protocol.parse(traj.response_text).num_calls
 
 
 # --------------------------------------------------------------------------- labelling
 
 
-def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list[int]):
+def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list[int], refused: list[int]):
     """Yield (index, call) for calls that ran and repeat no earlier call; failed calls go to
-    ``aborted`` and repeats (same kind + normalised query) to ``redundant``, in order."""
+    ``aborted``, calls refused by the budget to ``refused`` (a budget refusal is not a failed
+    execution) and repeats (same kind + normalised query) to ``redundant``, in order."""
     seen: set[tuple[str, str]] = set()
     for i, c in enumerate(calls):
+        if c.status == BUDGET:
+            refused.append(i)
+            continue
         if c.status != OK:
             aborted.append(i)
             continue
@@ -159,13 +169,14 @@ def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list
         yield i, c
 
 
-def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> tuple[list[int], list[int], int, int]:
-    """(redundant indices, aborted indices, n_useful, n_satisfied_steps)."""
+def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep], refused: list[int]
+                       ) -> tuple[list[int], list[int], int, int]:
+    """(redundant indices, aborted indices, n_useful, n_satisfied_steps); fills ``refused``."""
     needed = list(range(len(plan)))
     redundant: list[int] = []
     aborted: list[int] = []
     useful = 0
-    for i, c in _new_ok_calls(calls, redundant, aborted):
+    for i, c in _new_ok_calls(calls, redundant, aborted, refused):
         hit = [j for j in needed if surfaces(c.result, plan[j].expect)]
         if hit:
             useful += 1
@@ -175,13 +186,13 @@ def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep]) -> t
     return redundant, aborted, useful, len(plan) - len(needed)
 
 
-def _label_calls_heuristic(traj: Trajectory, question: str) -> tuple[list[int], list[int], int]:
+def _label_calls_heuristic(traj: Trajectory, question: str, refused: list[int]) -> tuple[list[int], list[int], int]:
     later = _later_texts(traj)
     q_tokens = _tokens(question)
     redundant: list[int] = []
     aborted: list[int] = []
     useful = 0
-    for i, c in _new_ok_calls(traj.tool_calls, redundant, aborted):
+    for i, c in _new_ok_calls(traj.tool_calls, redundant, aborted, refused):
         sal = _salient(c.result, q_tokens | _tokens(c.query))
         if sal and sal & _tokens(later[i]):
             useful += 1
@@ -190,46 +201,55 @@ def _label_calls_heuristic(traj: Trajectory, question: str) -> tuple[list[int], 
     return redundant, aborted, useful
 
 
-def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None) -> dict[str, Any]:
+def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None,
+                    policy: grading.GradingPolicy | None = None) -> dict[str, Any]:
     """Behaviour counts and flags of one trajectory (see module docstring)."""
     if traj.example_id and traj.example_id != example.id:
         raise ValueError(f"label_behaviour: trajectory {traj.id!r} is for {traj.example_id!r}, not {example.id!r}")
-    wrong = _is_wrong(traj, example)
+    wrong = _is_wrong(traj, example, policy)
+    refused: list[int] = []
+    insufficient: bool | None
+    erroneous: bool | None
     if example.plan is not None:
-        redundant, aborted, useful, satisfied = _label_calls_exact(traj.tool_calls, example.plan)
+        redundant, aborted, useful, satisfied = _label_calls_exact(traj.tool_calls, example.plan, refused)
         complete = satisfied == len(example.plan)
         insufficient, erroneous, method = wrong and not complete, wrong and complete, EXACT
     else:
-        redundant, aborted, useful = _label_calls_heuristic(traj, example.question)
-        insufficient = False
-        if wrong and group:
-            ok_calls = traj.num_calls - len(aborted)
-            solved = [
-                t.num_calls - t.num_failed_calls
-                for t in group
-                if t is not traj and (not t.id or t.id != traj.id) and not _is_wrong(t, example)
-            ]
+        redundant, aborted, useful = _label_calls_heuristic(traj, example.question, refused)
+        siblings = [t for t in group or [] if t is not traj and (not t.id or t.id != traj.id)]
+        if not wrong:
+            insufficient = erroneous = False
+        elif not siblings:
+            insufficient = erroneous = None  # one sample, no plan: nothing to compare with (n/a)
+        else:
+            ok_calls = traj.num_calls - len(aborted) - len(refused)
+            solved = [t.num_calls - t.num_failed_calls for t in siblings if not _is_wrong(t, example, policy)]
             insufficient = bool(solved) and ok_calls < min(solved)
-        erroneous, method = wrong and not insufficient, HEURISTIC
+            erroneous = not insufficient
+        method = HEURISTIC
     return {
-        "n_calls": traj.num_calls,
+        "n_calls": call_count(traj),
         "n_redundant": len(redundant),
         "n_aborted": len(aborted),
+        "n_budget": len(refused),
         "n_useful": useful,
         "redundant": bool(redundant),
         "aborted": bool(aborted),
-        "insufficient": bool(insufficient),
-        "erroneous": bool(erroneous),
+        "budget_refused": bool(refused),
+        "insufficient": insufficient if insufficient is None else bool(insufficient),
+        "erroneous": erroneous if erroneous is None else bool(erroneous),
         "method": method,
         "redundant_calls": redundant,
         "aborted_calls": aborted,
+        "budget_calls": refused,
     }
 
 
-def label_group(group: list[Trajectory], example: Example) -> list[dict[str, Any]]:
+def label_group(group: list[Trajectory], example: Example,
+                policy: grading.GradingPolicy | None = None) -> list[dict[str, Any]]:
     """Label every trajectory of a group (siblings inform the heuristic) and store it."""
     out = []
     for t in group:
-        t.behaviour = label_behaviour(t, example, group)
+        t.behaviour = label_behaviour(t, example, group, policy)
         out.append(t.behaviour)
     return out

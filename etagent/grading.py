@@ -81,6 +81,16 @@ def extract_answer(text: str | None, require_boxed: bool = True) -> str | None:
     return None
 
 
+def block_answer(text: str | None) -> str | None:
+    """The answer that earns correctness credit: the last ``\\boxed{}`` of the last *closed*
+    ``<answer>`` block, else None (as the official reward: no answer block, no credit; a
+    ``\\boxed{}`` in ``<think>`` or plain text earns nothing)."""
+    if not text:
+        return None
+    answers = [s for s in protocol.parse(text).answer_segments() if s.closed]
+    return protocol.extract_boxed(answers[-1].content) if answers else None
+
+
 # --------------------------------------------------------------------------- math
 
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -258,3 +268,60 @@ def grade(example: Example, answer: str | None, metric: str | None = None) -> fl
     if m == EM:
         return qa_em(answer, example.answers)
     return qa_f1(answer, example.answers)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class GradingPolicy:
+    """How a run grades: one object built once from config (``grading`` + the stage's
+    ``qa_metric``) and handed to rollout, reward, Pareto filter, flywheel, behaviour labels
+    and metrics, so they all agree on what "correct" means.
+
+    ``qa_metric`` (f1 | em) grades QA examples; None keeps each example's task metric
+    (``meta['metric']``, else f1). Math always uses math-verify. ``qa_threshold``: a QA
+    score counts as a success when >= it (math needs 1). Calling the policy with
+    ``(example, answer)`` grades an extracted answer (the rollout engine's grader).
+    A plain class, not a dataclass: Hydra would turn a dataclass argument into a config.
+    """
+
+    __slots__ = ("qa_metric", "qa_threshold")
+
+    def __init__(self, qa_metric: str | None = None, qa_threshold: float = QA_SUCCESS_THRESHOLD) -> None:
+        if qa_metric is not None and qa_metric not in (F1, EM):
+            raise ValueError(f"grading: qa_metric must be {F1!r} or {EM!r}, got {qa_metric!r}")
+        t = float(qa_threshold)
+        if not 0.0 < t <= 1.0:
+            raise ValueError(f"grading: qa_threshold must be in (0, 1], got {qa_threshold!r}")
+        self.qa_metric, self.qa_threshold = qa_metric, t
+
+    def __repr__(self) -> str:
+        return f"GradingPolicy(qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GradingPolicy) and (self.qa_metric, self.qa_threshold) == (
+            other.qa_metric, other.qa_threshold)
+
+    def __hash__(self) -> int:
+        return hash((self.qa_metric, self.qa_threshold))
+
+    def metric(self, example: Example) -> str:
+        return resolve_metric(example, self.qa_metric if example.domain == QA else None)
+
+    def grade(self, example: Example, answer: str | None) -> float:
+        return grade(example, answer, self.metric(example))
+
+    __call__ = grade
+
+    def grade_text(self, example: Example, text: str | None) -> tuple[str | None, float]:
+        """(credited answer, correctness) of a whole response: answer-block-only credit."""
+        answer = block_answer(text)
+        return answer, self.grade(example, answer)
+
+    def is_success(self, domain: str, score: float) -> bool:
+        return is_success(domain, float(score), self.qa_threshold)
+
+
+def policy_of(grader: Any) -> GradingPolicy:
+    """``grader`` if it is a :class:`GradingPolicy`, else the default policy (thresholds)."""
+    return grader if isinstance(grader, GradingPolicy) else GradingPolicy()

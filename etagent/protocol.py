@@ -99,7 +99,9 @@ class ParsedResponse:
         return not self.errors
 
     def calls(self) -> list[Segment]:
-        return [s for s in self.segments if s.kind in TOOL_TAGS]
+        """Tool calls with both tags (the official ``count_valid_tags`` rule): an unclosed
+        opener or a stray closer is not a call."""
+        return [s for s in self.segments if s.kind in TOOL_TAGS and s.closed]
 
     def call_counts(self) -> dict[str, int]:
         counts = {t: 0 for t in TOOL_TAGS}
@@ -192,8 +194,29 @@ def _fill_gaps(text: str, segments: list[Segment]) -> list[Segment]:
     return merged
 
 
+#: Format rule sets (``reward.format_rules``). ``official`` is the released
+#: ``validate_format``: balanced tags, at least one ``<think>`` pair, exactly one answer
+#: block with ``\\boxed{}``, every call followed by its result. ``strict`` (etagent's
+#: default) also rejects the codes in :data:`STRICT_ONLY_CODES`: tags outside the protocol
+#: (``<code>``: a model that invents tags gets no credit for a valid format) and text after
+#: ``</answer>`` (the official check only counts tags, so trailing rambling passes there).
+FORMAT_RULES: tuple[str, ...] = ("strict", "official")
+STRICT_ONLY_CODES: frozenset[str] = frozenset({"unknown_tag", "text_after_answer"})
+
+
+def rule_errors(codes: Iterable[str], rules: str = "strict") -> list[str]:
+    """The error codes that count as format violations under ``rules`` (strict | official)."""
+    if rules not in FORMAT_RULES:
+        raise ValueError(f"format rules must be one of {FORMAT_RULES}, got {rules!r}")
+    codes = [str(c) for c in codes]
+    return codes if rules == "strict" else [c for c in codes if c not in STRICT_ONLY_CODES]
+
+
 def _grammar_errors(segments: Sequence[Segment]) -> list[FormatError]:
     errors: list[FormatError] = []
+    if not any(s.kind == THINK and s.closed for s in segments):
+        # official validate_format: at least one balanced <think></think> pair
+        errors.append(FormatError("think_missing", "no <think>..</think> block", -1))
     answers = [s for s in segments if s.kind == ANSWER]
     if not answers:
         errors.append(FormatError("answer_missing", "no <answer> block", -1))
@@ -227,13 +250,15 @@ def _grammar_errors(segments: Sequence[Segment]) -> list[FormatError]:
     return errors
 
 
-def validate(text: str) -> list[FormatError]:
-    """Every format error of ``text`` (empty list means the grammar is respected)."""
-    return parse(text).errors
+def validate(text: str, rules: str = "strict") -> list[FormatError]:
+    """Every format error of ``text`` under ``rules`` (empty list: the grammar is respected)."""
+    errors = parse(text).errors
+    keep = set(rule_errors([e.code for e in errors], rules))
+    return [e for e in errors if e.code in keep]
 
 
-def is_valid(text: str) -> bool:
-    return not validate(text)
+def is_valid(text: str, rules: str = "strict") -> bool:
+    return not validate(text, rules)
 
 
 def render(segments: Iterable[Segment]) -> str:

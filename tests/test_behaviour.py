@@ -136,7 +136,7 @@ def test_heuristic_insufficient_needs_a_group_that_solved_it_with_calls():
                      tid="b")
     assert label_behaviour(no_call, REAL, [no_call, with_call])["insufficient"]
     alone = label_behaviour(no_call, REAL)
-    assert not alone["insufficient"] and alone["erroneous"]
+    assert alone["insufficient"] is None and alone["erroneous"] is None  # one sample, no plan: n/a
     lucky = traj(REAL, [], "Paris", 1.0, tid="c")  # the group also solved it without calls
     b = label_behaviour(no_call, REAL, [no_call, with_call, lucky])
     assert not b["insufficient"] and b["erroneous"]

@@ -18,7 +18,7 @@ from etagent.tools.python_sandbox import PythonSandbox
 from test_flywheel_strategies import DUP, GUESS, FakeEngine
 
 R = protocol.format_result
-SHORT = "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
+SHORT = "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
 
 
 def _examples(n=3):
@@ -74,7 +74,7 @@ def test_two_rounds_persist_resume_and_report(toolset, tmp_path):
 
 def test_none_ablation_keeps_only_samples_and_stops_without_gain(toolset, tmp_path):
     engine = FakeEngine(toolset, lambda ex, p, k: SHORT)
-    cfg = OmegaConf.load("conf/flywheel/none.yaml")
+    cfg = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "f": OmegaConf.load("conf/flywheel/none.yaml")}).f
     cfg.seed = 0
     cfg.samples_per_question = 2
     pool = run_flywheel(engine, _examples(2), cfg, tmp_path)
@@ -94,9 +94,11 @@ def test_configs_validate_and_instantiate():
     from hydra.utils import instantiate
 
     for name, strategies in names.items():
-        node = OmegaConf.load(f"conf/flywheel/{name}.yaml")
+        root = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "flywheel": OmegaConf.load(f"conf/flywheel/{name}.yaml"),
+                                 "stages": ["flywheel"]})
+        node = root.flywheel
         node.seed = 0
-        validate(OmegaConf.create({"flywheel": node, "stages": ["flywheel"]}))
+        validate(root)
         fc = instantiate(node)
         assert fc.strategies == strategies and fc.extra_calls == 4
         assert (type(fc.evolver).__name__ == "OracleEvolver") == (name == "oracle_upper_bound")

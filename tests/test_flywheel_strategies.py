@@ -132,9 +132,9 @@ def test_duplicate_call_removed_and_verified(verifier):
 
 
 def test_unused_and_failed_calls_removed(verifier):
-    text = ("<python>print(2+2)</python>" + R("4") + "<python>print(undefined_name)</python>"
+    text = ("<think>Compute it.</think><python>print(2+2)</python>" + R("4") + "<python>print(undefined_name)</python>"
             + R("NameError: name 'undefined_name' is not defined")
-            + "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>")
+            + "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>")
     parent = make_traj(MATH, text, statuses=["ok", "error", "ok"])
     new, removals = remove_redundant(text, MATH.question, [c.status for c in parent.tool_calls])
     assert sorted(r.reason for r in removals) == ["failed", "unused"]
@@ -143,7 +143,7 @@ def test_unused_and_failed_calls_removed(verifier):
 
 
 def test_used_calls_are_kept():
-    text = "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
+    text = "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
     new, removals = remove_redundant(text, MATH.question)
     assert removals == [] and new == text
 
@@ -152,8 +152,8 @@ def test_edit_that_breaks_the_answer_is_rejected(verifier):
     parent = make_traj(MATH, DUP)
     # deleting the call that produced the answer: the answer is no longer grounded in a result
     no_call = "<think>I need the product.</think>The product is 56088.<answer>\\boxed{56088}</answer>"
-    wrong = "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56089}</answer>"
-    fabricated = "<python>print(123*456)</python>" + R("99") + "<answer>\\boxed{56088}</answer>"
+    wrong = "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56089}</answer>"
+    fabricated = "<think>Compute it.</think><python>print(123*456)</python>" + R("99") + "<answer>\\boxed{56088}</answer>"
     verdicts = verifier.verify([
         Candidate(MATH, parent, no_call, "modify_redundancy", check_grounding=True),
         Candidate(MATH, parent, wrong, "global_refine"),
@@ -166,7 +166,7 @@ def test_edit_that_breaks_the_answer_is_rejected(verifier):
 def test_missing_results_are_filled_by_real_tools(toolset):
     v = Verifier(toolset, CharTokenizer(), require_same_results=True)
     parent = make_traj(QA, "<answer>\\boxed{Paris}</answer>")
-    rewrite = "<search>capital of Zubra</search>It is Velmont.<answer>\\boxed{Velmont}</answer>"
+    rewrite = "<think>Compute it.</think><search>capital of Zubra</search>It is Velmont.<answer>\\boxed{Velmont}</answer>"
     (verdict,) = v.verify([Candidate(QA, parent, rewrite, "global_refine")])
     assert verdict.ok, verdict.detail
     assert "Zubra's capital is Velmont." in verdict.traj.response_text and verdict.traj.correct == 1.0
@@ -201,7 +201,7 @@ GUESS = "<think>About 50000.</think><answer>\\boxed{50000}</answer>"
 
 def test_self_correct_keeps_correct_continuation(toolset, verifier):
     def script(ex, prefix, k):
-        return "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
+        return "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
 
     engine, ctx = _ctx(toolset, verifier, script)
     parent = make_traj(MATH, GUESS)
@@ -224,7 +224,7 @@ def test_wrong_hint_continuation_is_discarded(toolset, verifier):
 
 def test_hint_kept_or_stripped(toolset, verifier):
     def script(ex, prefix, k):
-        return "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
+        return "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
 
     for keep in (True, False):
         _, ctx = _ctx(toolset, verifier, script, keep_hint_in_data=keep)
@@ -238,7 +238,7 @@ def test_hint_kept_or_stripped(toolset, verifier):
 
 
 def test_policy_global_refine_keeps_only_shorter(toolset, verifier):
-    short = "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
+    short = "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
 
     def script(ex, prefix, k):
         return short if k == 0 else DUP
@@ -277,7 +277,7 @@ def test_llm_evolver_parses_replies(toolset, verifier):
     cfg = OmegaConf.load("conf/evolver/llm.yaml")
     evo = LLMEvolver(prompts=dict(cfg.prompts), backend=ScriptedLLM(), step_level=False)
     _, ctx = _ctx(toolset, verifier, lambda *a: "", evolver=evo)
-    ScriptedLLM.reply = ("=== BEGIN ===\n<python>print(123*456)</python>" + R("56088")
+    ScriptedLLM.reply = ("=== BEGIN ===\n<think>Compute it.</think><python>print(123*456)</python>" + R("56088")
                          + "<answer>\\boxed{56088}</answer>\n=== END ===")
     (cand,) = evo.refine([(MATH, make_traj(MATH, DUP))], ctx)
     assert verifier.verify([cand])[0].ok
@@ -295,7 +295,7 @@ def test_llm_evolver_parses_replies(toolset, verifier):
 def test_pool_dedup_provenance_and_selection(tmp_path):
     a = make_traj(MATH, DUP, "a")
     b = make_traj(MATH, DUP.replace("</think>", "</think> "), "b")  # whitespace-only difference
-    short = make_traj(MATH, "<python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>", "c")
+    short = make_traj(MATH, "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>", "c")
     short.meta = {"round": 1, "strategy": "global_refine", "parent_id": "a"}
     wrong = make_traj(MATH, GUESS, "d")
     pool = Pool([a, b, short, wrong])

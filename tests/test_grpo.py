@@ -231,6 +231,10 @@ def test_few_steps_change_policy_and_are_logged(tmp_path):
             "model_tokens_mean", "behaviour/redundant_rate", "behaviour/insufficient_rate", "entropy", "kl",
             "clip_frac", "grad_norm", "correct_mean", "format_error_rate"}
     assert keys <= set(rows[0])
+    for f in ("f_tool", "f_len"):  # the spread of the shaping factors, not only their (~1) mean
+        for r in rows:
+            assert r[f"reward/{f}_min"] <= r[f"reward/{f}_mean"] <= r[f"reward/{f}_max"]
+            assert 0.0 <= r[f"reward/{f}_group_std"] <= (r[f"reward/{f}_max"] - r[f"reward/{f}_min"]) / 2 + 1e-6
     # sigma decays linearly to 0 over the stage and is logged
     assert [r["sigma_tool"] for r in rows] == pytest.approx([0.2 * (6 - t) / 5 for t in range(1, 7)])
     assert rows[-1]["sigma_len"] == 0.0
@@ -273,7 +277,7 @@ def test_correctness_and_efficiency_rewards_both_run(tmp_path):
 
     out = {}
     for mode in ("correctness", "efficiency"):
-        node = OmegaConf.load(CONF / "reward" / f"{mode}.yaml")  # the real config group
+        node = OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / f"{mode}.yaml")}).r
         tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), node, cfg(bf16=mode == "efficiency"), tmp_path / mode, None)
         out[mode] = tr.train(examples(6), "rl/x", total_steps=2)["history"]
     c, e = out["correctness"], out["efficiency"]

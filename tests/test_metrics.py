@@ -51,7 +51,7 @@ def test_hand_computed_metrics():
         "correctness": 2.5 / 4,
         "efficiency": (1 / 4 + 1 + 0 + 0.5) / 4,  # zero-call trajectory counts its correctness
         "tool_productivity": 2.5 / 6,
-        "conciseness": 1 / 2,  # correct = t1 (has a redundant call), t2 ; t4 F1 .5 < .75 is wrong
+        "conciseness": 3 / 4,  # over all samples (official radar): only t1 has a redundant call
         "call_success_rate": 3 / 6,
         "exec_score": (1 / 2 + 1 + 0 + 0.5 / 1) / 4,  # t4's ok result contains "error": failed
         "mean_calls": 1.5,
@@ -63,6 +63,7 @@ def test_hand_computed_metrics():
         "insufficient_rate": 1 / 4,
         "aborted_rate": 2 / 4,
         "erroneous_rate": 1 / 4,
+        "budget_refusal_rate": 0.0,
     }
     assert m.keys() == expected.keys()
     for k, v in expected.items():
@@ -83,7 +84,7 @@ def test_all_wrong():
     trajs = [traj("a", M1, [("python", "print(1)", "1", "ok")], 0.0, 4), traj("b", M1, [], 0.0, 2)]
     m = compute_metrics(trajs, EXAMPLES)
     assert m["correctness"] == 0.0 and m["efficiency"] == 0.0 and m["tool_productivity"] == 0.0
-    assert m["conciseness"] == 0.0 and m["exec_score"] == 0.0 and m["length_score"] == 0.0
+    assert m["conciseness"] == 1.0 and m["exec_score"] == 0.0 and m["length_score"] == 0.0
     assert m["insufficient_rate"] == 1.0 and m["insufficient_share_of_wrong"] == 1.0
     assert m["erroneous_rate"] == 0.0
 
@@ -93,8 +94,8 @@ def test_uses_stored_labels_and_judge_hook():
     ts[1].behaviour = {"n_redundant": 1, "redundant": True, "insufficient": False, "aborted": False,
                        "erroneous": False}
     m = compute_metrics(ts, EXAMPLES, concise_fn=lambda t, ex: t.id == "t1")
-    assert m["conciseness"] == 0.0 and m["redundant_rate"] == 0.5
-    assert m["conciseness_judge"] == 0.5
+    assert m["conciseness"] == 0.5 and m["redundant_rate"] == 0.5  # t1 and the stored t2 label
+    assert m["conciseness_judge"] == 0.25  # judge accepts t1 only, out of all 4 samples
 
 
 def test_per_question_and_errors():
@@ -108,7 +109,7 @@ def test_markdown_table():
                                  "none": compute_metrics([traj("a", M2, [], 1.0, 3)], EXAMPLES)})
     lines = md.strip().splitlines()
     assert lines[0].startswith("| name | N | Correct % | Effi % | TP |")
-    assert lines[2].startswith("| base | 4 | 62.5 | 43.8 | 0.417 | 50.0 |")
+    assert lines[2].startswith("| base | 4 | 62.5 | 43.8 | 0.417 | 75.0 |")
     assert "| none | 1 | 100.0 | 100.0 | - |" in lines[3]
 
 
@@ -145,7 +146,8 @@ def test_eval_config_instantiates():
 
     from etagent.evaluation import EvalConfig
 
-    cfg = instantiate(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml"))
+    node = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "eval" / "default.yaml")
+    cfg = instantiate(OmegaConf.create({"grading": {"qa_metric": "f1"}, "eval": node}).eval)
     assert isinstance(cfg, EvalConfig) and cfg.n_samples == 1 and cfg.compare == []
     with pytest.raises(ValueError, match="eval.qa_metric"):
         EvalConfig(qa_metric="bleu")

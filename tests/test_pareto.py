@@ -234,7 +234,7 @@ def test_sampling_configs_instantiate():
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "sampling"
     for name, cls in (("pareto", ParetoSampler), ("random", RandomSampler), ("all", AllSampler)):
-        root = OmegaConf.create({"seed": 3, "sampling": OmegaConf.load(conf / f"{name}.yaml")})
+        root = OmegaConf.create({"seed": 3, "grading": {"qa_threshold": 0.75}, "sampling": OmegaConf.load(conf / f"{name}.yaml")})
         sampler = instantiate(root.sampling)
         assert isinstance(sampler, cls)
-    assert instantiate(OmegaConf.create({"seed": 3, "s": OmegaConf.load(conf / "random.yaml")}).s).seed == 3
+    assert instantiate(OmegaConf.create({"seed": 3, "grading": {"qa_threshold": 0.75}, "s": OmegaConf.load(conf / "random.yaml")}).s).seed == 3

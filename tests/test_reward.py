@@ -112,8 +112,9 @@ def test_score_components_one_rollout():
 
 def test_group_score_uses_one_path():
     responses = [
-        protocol.format_call("python", "print(6*7)") + protocol.format_result("42") + protocol.format_answer("42"),
-        protocol.format_answer("42"),
+        "<think>t</think>" + protocol.format_call("python", "print(6*7)") + protocol.format_result("42")
+        + protocol.format_answer("42"),
+        "<think>t</think>" + protocol.format_answer("42"),
     ]
     out = group_score(responses, MATH_EX, sigma_tool=0.2, sigma_len=0.5, lengths=[4, 4])
     # calls [1, 0] mean 0.5, equal lengths: scores 2/(1+e^{0.1}), 2/(1+e^{-0.1})
@@ -121,8 +122,9 @@ def test_group_score_uses_one_path():
 
 
 def _traj(correct, calls, mask, ok=True):
+    text = "<think>t</think>" + "<python>x</python><result>\n1\n</result>" * calls + "<answer>\\boxed{1}</answer>"
     return Trajectory(
-        id="t", example_id="e", group_id="g", response_text="", response_ids=list(range(len(mask))),
+        id="t", example_id="e", group_id="g", response_text=text, response_ids=list(range(len(mask))),
         response_mask=mask, tool_calls=[ToolCall("python", "x", "1", "ok")] * calls, correct=correct,
         format_errors=[] if ok else ["answer_missing"],
     )
@@ -130,14 +132,14 @@ def _traj(correct, calls, mask, ok=True):
 
 def test_reward_fn_from_trajectories_and_config():
     groups = [[_traj(1.0, 0, [1, 1, 0, 0]), _traj(1.0, 2, [1, 1, 0, 0])]]
-    fn = instantiate(OmegaConf.load(CONF / "reward" / "efficiency.yaml"))
+    fn = instantiate(OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / "efficiency.yaml")}).r)
     assert isinstance(fn, RewardFn) and fn.length_source == "model_tokens" and fn.sigma_tool == 0.2
     comps = fn.components(groups)
     assert comps[0, :, 2].tolist() == [2.0, 2.0]  # model tokens exclude the masked result tokens
     assert fn(comps, step=0, total_steps=3)[0].tolist() == pytest.approx([1.099668, 0.900332], abs=1e-5)
     assert fn(comps, step=2, total_steps=3)[0].tolist() == pytest.approx([1.0, 1.0])  # sigma decayed to 0
     assert RewardFn(length_source="all_tokens").components(groups)[0, :, 2].tolist() == [4.0, 4.0]
-    base = instantiate(OmegaConf.load(CONF / "reward" / "correctness.yaml"))
+    base = instantiate(OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / "correctness.yaml")}).r)
     assert base.mode == "correctness"
     assert base(comps)[0].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="reward.length_source"):

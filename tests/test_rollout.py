@@ -138,7 +138,7 @@ def test_math_and_search_with_real_tools_rows_leave_batch(tok, tools):
     scripts = {
         MATH.question: [["<think>multiply</think><python>print(6*7)</python>", "<answer>The answer is \\boxed{42}</answer>"],
                         ["<answer>\\boxed{41}</answer>"]],
-        QA.question: [["<search>Dune author</search>", "<answer>\\boxed{Frank Herbert}</answer>"],
+        QA.question: [["<think>look it up</think><search>Dune author</search>", "<answer>\\boxed{Frank Herbert}</answer>"],
                       ["<answer>\\boxed{Jane Austen}</answer>"]],
     }
     be = Scripted(tok, scripts)
@@ -168,12 +168,12 @@ def test_budgets_per_kind_grace_extra_calls_and_tokens(tok, tools):
     calls = [f"<python>print({i})</python>" for i in range(5)]
     scripts = {MATH.question: [calls + ["<answer>\\boxed{42}</answer>"]]}
     be = Scripted(tok, scripts)
-    eng = RolloutEngine(be, tools, max_calls_per_kind=2, budget_grace=2)
+    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2, budget_grace=2)
     (t,) = eng.rollout([MATH], 1, SamplingParams())
     assert [c.status for c in t.tool_calls] == ["ok", "ok", "budget", "budget"] and t.finish_reason == "budget"
     assert "budget exhausted" in t.tool_calls[2].result
     check_invariants(t, be.log)
-    eng = RolloutEngine(be, tools, max_calls_per_kind=2, budget_grace=9)
+    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2, budget_grace=9)
     (t,) = eng.rollout([MATH], 1, SamplingParams())
     assert [c.status for c in t.tool_calls] == ["ok"] * 2 + ["budget"] * 3 and t.finish_reason == "answer"
     (t,) = eng.rollout([MATH], 1, SamplingParams(), extra_calls=3)  # flywheel extra budget
@@ -227,7 +227,9 @@ def test_malformed_output_never_crashes_and_ids_are_kept(tok, tools):
     for (name, (_, status, needle)), t in zip(cases.items(), trajs):
         assert [c.status for c in t.tool_calls] == [status], name
         assert needle in t.tool_calls[0].result, (name, t.tool_calls[0].result)
-        assert t.finish_reason == "answer" and t.correct == 1.0, name  # the rollout carried on
+        assert t.finish_reason == "answer", name  # the rollout carried on
+        # the answer inside an unclosed <think> is no well-formed answer block: no credit
+        assert t.correct == (0.0 if name == "unclosed think" else 1.0), name
         check_invariants(t, be.log)
     g = trajs[list(cases).index("garbage bytes")]
     assert g.response_ids[: len(garbage)] == garbage
@@ -241,7 +243,7 @@ def test_prefixes_continue_with_mask_choice_and_budget(tok, tools):
     scripts = {MATH.question: [["unused", "<python>print(1)</python>", "<answer>\\boxed{5}</answer>"]]}
     prefix = "<think>add</think><python>print(2+3)</python>"
     be = Scripted(tok, scripts)
-    eng = RolloutEngine(be, tools, max_calls_per_kind=1, budget_grace=5)
+    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=1, budget_grace=5)
     (t,) = eng.rollout([MATH], 1, SamplingParams(), prefixes=[prefix])
     # the prefix's trailing call ran before sampling; the sampled call is over budget (1 per kind)
     assert [(c.query, c.status) for c in t.tool_calls] == [("print(2+3)", "ok"), ("print(1)", "budget")]
@@ -253,7 +255,7 @@ def test_prefixes_continue_with_mask_choice_and_budget(tok, tools):
     assert t1.response_mask[0] == 1
     # a prefix with its result already there: recorded, counted, masked, not re-run
     done = prefix + protocol.format_result("5")
-    eng2 = RolloutEngine(be, tools, max_calls_per_kind=2)
+    eng2 = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2)
     (t2,) = eng2.rollout([MATH], 1, SamplingParams(), prefixes=[done])
     assert [(c.query, c.status) for c in t2.tool_calls] == [("print(2+3)", "ok"), ("print(1)", "ok")]
     assert t2.response_text.startswith(done) and t2.answer == "5"

@@ -19,7 +19,7 @@ from etagent.rl.reward import RewardFn, group_score
 TOOL = "<think>compute</think><python>print(6*7)</python><result>\n42\n</result>"
 RIGHT = TOOL + "<answer>The answer is \\boxed{42}</answer>"
 WRONG = "<think>guess</think><answer>\\boxed{41}</answer>"
-SHORT = "<answer>\\boxed{42}</answer>"
+SHORT = "<think>7</think><answer>\\boxed{42}</answer>"
 TWO_CALLS = TOOL + "<search>six times seven</search><result>\n42\n</result><answer>\\boxed{42}</answer>"
 NO_TAGS = "I think it is \\boxed{42}."
 
@@ -32,26 +32,26 @@ def test_compute_score_math_components():
     assert all(isinstance(v, float) for v in r.values())  # numpy-friendly for verl's metrics
     w = compute_score("math_effi_rl", WRONG, ["42"])
     assert (w["score"], w["correctness"], w["n_calls"]) == (0.0, 0.0, 0.0)
-    # a boxed answer without the tag protocol: graded, but the format penalty applies
+    # a boxed answer without an answer block earns no correctness: format penalty only
     n = compute_score("math_effi_rl", NO_TAGS, "42")
-    assert (n["correctness"], n["format_ok"], n["format_penalty"], n["score"]) == (1.0, 0.0, -1.0, 0.0)
+    assert (n["correctness"], n["format_ok"], n["format_penalty"], n["score"]) == (0.0, 0.0, -1.0, -1.0)
     # equivalent forms via math-verify
-    assert compute_score("math_effi_rl", "<answer>\\boxed{\\frac{1}{2}}</answer>", ["0.5"])["score"] == 1.0
+    assert compute_score("math_effi_rl", "<think>t</think><answer>\\boxed{\\frac{1}{2}}</answer>", ["0.5"])["score"] == 1.0
 
 
 def test_compute_score_qa_accepts_verl_ground_truth_arrays():
     gt = np.array(["New York City", "NYC"], dtype=object)  # what verl passes after reading parquet
-    r = compute_score("qa_effi_rl", "<answer>\\boxed{New York}</answer>", gt, {"index": np.int64(3)})
+    r = compute_score("qa_effi_rl", "<think>t</think><answer>\\boxed{New York}</answer>", gt, {"index": np.int64(3)})
     assert r["correctness"] == pytest.approx(grading.qa_f1("New York", ["New York City", "NYC"]))
     assert 0 < r["score"] < 1
-    assert compute_score("qa_effi_rl", "<answer>\\boxed{NYC}</answer>", gt)["score"] == 1.0
-    em = compute_score("qa_effi_rl", "<answer>\\boxed{New York}</answer>", gt, qa_metric="em")
+    assert compute_score("qa_effi_rl", "<think>t</think><answer>\\boxed{NYC}</answer>", gt)["score"] == 1.0
+    em = compute_score("qa_effi_rl", "<think>t</think><answer>\\boxed{New York}</answer>", gt, qa_metric="em")
     assert em["correctness"] == 0.0
 
 
 def test_data_source_mapping_and_errors():
     assert compute_score("aime24", SHORT, ["42"])["score"] == 1.0
-    assert compute_score("bamboogle", "<answer>\\boxed{Paris}</answer>", ["Paris"])["score"] == 1.0
+    assert compute_score("bamboogle", "<think>t</think><answer>\\boxed{Paris}</answer>", ["Paris"])["score"] == 1.0
     assert compute_score("my_set", SHORT, ["42"], domain="math")["score"] == 1.0
     with pytest.raises(ValueError, match="unknown data_source 'my_set'"):
         compute_score("my_set", SHORT, ["42"])
@@ -85,7 +85,7 @@ def test_model_tokens_sources(tmp_path):
 
 
 def _trajectory(text: str, ex: Example, length: int, tid: str) -> Trajectory:
-    answer = grading.extract_answer(text)
+    answer = grading.block_answer(text)  # as the rollout engine credits it
     return Trajectory(
         id=tid, example_id=ex.id, group_id=ex.id, response_text=text,
         response_ids=list(range(length)), response_mask=[1] * length,
@@ -178,5 +178,5 @@ def test_loadable_by_path_like_verl_and_scores_reference_rows(shared_dir):
         good = f"<think>ok</think><answer>\\boxed{{{gold[0]}}}</answer>"
         r = module.compute_score(row["data_source"], good, gold, row["extra_info"])
         assert r["score"] == 1.0, (row["data_source"], gold[0])
-        bad = module.compute_score(row["data_source"], "<answer>\\boxed{zzz}</answer>", gold, row["extra_info"])
+        bad = module.compute_score(row["data_source"], "<think>t</think><answer>\\boxed{zzz}</answer>", gold, row["extra_info"])
         assert bad["score"] == 0.0

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from etagent import grading
 from etagent.backends.base import SamplingParams
 from etagent.evaluation import EvalConfig
 from etagent.evaluation.metrics import compute_metrics, metrics_table_markdown
@@ -34,7 +35,10 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
+    policy: grading.GradingPolicy | None = None,
 ) -> tuple[list[Trajectory], dict[str, Any]]:
+    # the engine's grading policy decides success in the metrics too (one notion of "correct")
+    policy = policy or grading.policy_of(getattr(engine, "grader", None))
     examples = list(examples)[: cfg.max_examples] if cfg.max_examples else list(examples)
     params = sampling_params(cfg, getattr(engine, "max_turn_tokens", 256), seed)
     trajs: list[Trajectory] = []
@@ -44,12 +48,12 @@ def evaluate(
         if progress is not None:
             progress(len(chunk))
     by_id = {e.id: e for e in examples}
-    metrics: dict[str, Any] = {"overall": compute_metrics(trajs, by_id, concise_fn), "by_domain": {}}
+    metrics: dict[str, Any] = {"overall": compute_metrics(trajs, by_id, concise_fn, policy), "by_domain": {}}
     per_domain: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         per_domain[by_id[t.example_id].domain].append(t)
     for dom, ts in sorted(per_domain.items()):
-        metrics["by_domain"][dom] = compute_metrics(ts, by_id, concise_fn)
+        metrics["by_domain"][dom] = compute_metrics(ts, by_id, concise_fn, policy)
     metrics["n_examples"] = len(examples)
     return trajs, metrics
 

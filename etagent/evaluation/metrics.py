@@ -4,7 +4,7 @@ Every trajectory is one attempt at one question; with several samples per questi
 "per question" averages below run over trajectories (= the mean over questions of the
 per-question means when every question has the same number of samples). ``c_i`` is the
 trajectory's graded correctness (math 0/1, QA F1 or EM, as the rollout graded it),
-``n_i`` its number of tool calls, ``f_i`` its failed calls, ``t_i`` its model tokens
+``n_i`` its number of tool calls (paired tags in its text, the official rule), ``f_i`` its failed calls, ``t_i`` its model tokens
 (tool results excluded, from ``response_mask``).
 
 * ``correctness``      mean c_i.
@@ -12,10 +12,10 @@ trajectory's graded correctness (math 0/1, QA F1 or EM, as the rollout graded it
 * ``tool_productivity`` OTC's (a different quantity, own name): sum c_i / sum n_i;
   None when there is no call at all. (The official code's third formula
   acc * T / (T + sigma) is not computed.)
-* ``conciseness``      rule-based: share of *correct* trajectories with no redundant call
-  (behaviour labels; exact on synthetic tasks); 0.0 when none is correct. With
-  ``concise_fn`` (e.g. an LLM judge, majority of several verdicts as in the paper) the
-  share of correct trajectories it accepts is reported as ``conciseness_judge``.
+* ``conciseness``      rule-based: share of *all* trajectories with no redundant call
+  (behaviour labels; exact on synthetic tasks), as the official radar (flags / samples).
+  With ``concise_fn`` (e.g. an LLM judge, majority of several verdicts as in the paper) the
+  share of all trajectories it accepts is reported as ``conciseness_judge``.
 * ``call_success_rate`` share of calls with status ok (None without calls).
 * ``exec_score``       the paper's successful-execution score: mean of c_i / max(f_i, 1),
   where a call fails when its status is not ok, its result is empty, or the result
@@ -23,7 +23,11 @@ trajectory's graded correctness (math 0/1, QA F1 or EM, as the rollout graded it
 * ``model_tokens_mean`` mean t_i. ``length_score``: the paper's mean of c_i / t_i, x1000
   (t_i = 0 counts as 1).
 * behaviour rates: share of trajectories with each flaw (``redundant_rate``,
-  ``insufficient_rate``, ``aborted_rate``, ``erroneous_rate``), ``redundant_call_share``
+  ``insufficient_rate``, ``aborted_rate``, ``erroneous_rate``); ``insufficient`` and
+  ``erroneous`` are undefined (n/a, None) for a wrong trajectory with no plan and no
+  sibling sample, and such trajectories are left out of those two rates (None when every
+  one is undefined). Budget refusals are not aborted executions: ``budget_refusal_rate``
+  is the share of trajectories with a call refused by the tool budget. ``redundant_call_share``
   (redundant calls / calls; None without calls) and ``insufficient_share_of_wrong``
   (among wrong trajectories; None when none is wrong). Labels come from
   ``traj.behaviour`` when present, else :func:`etagent.behaviour.label_behaviour` with the
@@ -36,7 +40,7 @@ from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
 from etagent import grading
-from etagent.behaviour import label_behaviour
+from etagent.behaviour import call_count, label_behaviour
 from etagent.records import OK, Example, ToolCall, Trajectory
 
 FLAWS: tuple[str, ...] = ("redundant", "insufficient", "aborted", "erroneous")
@@ -59,7 +63,8 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example]) -> list[dict[str, Any]]:
+def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example],
+            policy: grading.GradingPolicy) -> list[dict[str, Any]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         groups[t.group_id or t.example_id].append(t)
@@ -68,57 +73,59 @@ def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example]) 
         if t.behaviour and all(k in t.behaviour for k in ("n_redundant", *FLAWS)):
             out.append(t.behaviour)
         else:
-            out.append(label_behaviour(t, examples_by_id[t.example_id], groups[t.group_id or t.example_id]))
+            out.append(label_behaviour(t, examples_by_id[t.example_id], groups[t.group_id or t.example_id], policy))
     return out
+
+
+def _rate(flags: Sequence[Any]) -> float | None:
+    """Share of True among defined (non-None) flags; None when none is defined."""
+    known = [bool(f) for f in flags if f is not None]
+    return sum(known) / len(known) if known else None
 
 
 def compute_metrics(
     trajs: Sequence[Trajectory],
     examples_by_id: Mapping[str, Example],
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
+    policy: grading.GradingPolicy | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one set of trajectories (see module docstring)."""
+    """All metrics of one set of trajectories (see module docstring); ``policy`` decides
+    which scores count as a success (default: QA F1 >= 0.75)."""
+    policy = policy or grading.GradingPolicy()
     for t in trajs:
         if t.example_id not in examples_by_id:
             raise ValueError(f"compute_metrics: trajectory {t.id!r} refers to unknown example {t.example_id!r}")
     n = len(trajs)
     c = [float(t.correct) for t in trajs]
-    calls = [t.num_calls for t in trajs]
+    calls = [call_count(t) for t in trajs]
     tokens = [t.model_tokens for t in trajs]
     total_calls = sum(calls)
     ok_calls = sum(1 for t in trajs for call in t.tool_calls if call.status == OK)
     paper_failed = [sum(paper_call_failed(call) for call in t.tool_calls) for t in trajs]
-    labels = _labels(trajs, examples_by_id)
-    wrong = [not grading.is_success(examples_by_id[t.example_id].domain, ci) for t, ci in zip(trajs, c)]
-    correct_idx = [i for i in range(n) if not wrong[i]]
-    n_wrong = sum(wrong)
+    labels = _labels(trajs, examples_by_id, policy)
+    wrong = [not policy.is_success(examples_by_id[t.example_id].domain, ci) for t, ci in zip(trajs, c)]
+    wrong_known = [b["insufficient"] for b, w in zip(labels, wrong) if w and b["insufficient"] is not None]
     out: dict[str, Any] = {
         "n": n,
         "n_questions": len({t.example_id for t in trajs}),
         "correctness": _mean(c),
         "efficiency": _mean([ci / k if k else ci for ci, k in zip(c, calls)]),
         "tool_productivity": sum(c) / total_calls if total_calls else None,
-        "conciseness": (
-            sum(labels[i]["n_redundant"] == 0 for i in correct_idx) / len(correct_idx) if correct_idx else 0.0
-        ),
+        "conciseness": _mean([float(b["n_redundant"] == 0) for b in labels]) if n else None,
         "call_success_rate": ok_calls / total_calls if total_calls else None,
         "exec_score": _mean([ci / max(f, 1) for ci, f in zip(c, paper_failed)]),
         "mean_calls": _mean(calls),
         "model_tokens_mean": _mean(tokens),
         "length_score": 1000.0 * _mean([ci / max(tk, 1) for ci, tk in zip(c, tokens)]),
         "redundant_call_share": (sum(b["n_redundant"] for b in labels) / total_calls if total_calls else None),
-        "insufficient_share_of_wrong": (
-            sum(bool(b["insufficient"]) for b, w in zip(labels, wrong) if w) / n_wrong if n_wrong else None
-        ),
+        "insufficient_share_of_wrong": _rate(wrong_known),
+        "budget_refusal_rate": _mean([float(b.get("n_budget", 0) > 0) for b in labels]),
     }
     for flaw in FLAWS:
-        out[f"{flaw}_rate"] = _mean([float(bool(b[flaw])) for b in labels])
+        out[f"{flaw}_rate"] = _rate([b[flaw] for b in labels])
     if concise_fn is not None:
         out["conciseness_judge"] = (
-            sum(bool(concise_fn(trajs[i], examples_by_id[trajs[i].example_id])) for i in correct_idx)
-            / len(correct_idx)
-            if correct_idx
-            else 0.0
+            _mean([float(bool(concise_fn(t, examples_by_id[t.example_id]))) for t in trajs]) if n else None
         )
     return out
 
@@ -140,6 +147,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("redundant_rate", "Redund %", 100, ".1f"),
     ("insufficient_rate", "Insuff %", 100, ".1f"),
     ("aborted_rate", "Abort %", 100, ".1f"),
+    ("budget_refusal_rate", "Budget %", 100, ".1f"),
     ("erroneous_rate", "Erron %", 100, ".1f"),
 )
 

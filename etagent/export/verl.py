@@ -25,7 +25,10 @@ Run-dir export (:func:`export_from_run`): the RL stage saves each stage's select
 ``<run_dir>/rl/stage_<k>/selection.json`` (``{"selected_ids": [...]}``); a
 ``selected.jsonl`` (one id, or ``{"id": ..}``, per line) is read too. The questions come
 from ``<run_dir>/world/train.jsonl``. Each stage becomes its own parquet, as the
-paper trains stage k on its own Pareto-selected file.
+paper trains stage k on its own Pareto-selected file. A stage that fell back to every
+sampled question (``on_empty=sampled``: the sampler chose none) is exported with
+``extra_info.selection = "fallback_all_sampled"`` on every row (the only departure from
+the reference schema, so such a file is never mistaken for a Pareto selection).
 """
 
 from __future__ import annotations
@@ -70,6 +73,15 @@ VERL_SCHEMA = pa.schema(
     ]
 )
 
+#: ``extra_info`` with the ``selection`` flag, used only for rows that no sampler chose
+#: (``on_empty=sampled`` fallback), so a normal export keeps the reference schema exactly.
+_INFO_FIELDS = [(f.name, f.type) for f in VERL_SCHEMA.field("extra_info").type]
+FLAGGED_SCHEMA = VERL_SCHEMA.set(
+    VERL_SCHEMA.get_field_index("extra_info"),
+    pa.field("extra_info", pa.struct(_INFO_FIELDS + [("selection", pa.string())])),
+)
+FALLBACK = "fallback_all_sampled"
+
 SELECTION_FILES = ("selection.json", "selected.jsonl")
 _STAGE_RE = re.compile(r"^stage_(\d+)$")
 
@@ -85,8 +97,10 @@ def to_verl_row(
     data_source: str | None = None,
     system_prompt: str | None = protocol.SYSTEM_PROMPT,
     need_tools_kwargs: bool = True,
+    selection: str | None = None,
 ) -> dict[str, Any]:
-    """One Example as a verl row (plain Python values in :data:`VERL_SCHEMA` layout)."""
+    """One Example as a verl row (plain Python values in :data:`VERL_SCHEMA` layout);
+    ``selection`` adds ``extra_info.selection`` (:data:`FLAGGED_SCHEMA`)."""
     if not example.answers:
         raise ValueError(f"export_verl: example {example.id!r} has no gold answer")
     messages = []
@@ -103,14 +117,18 @@ def to_verl_row(
             "need_tools_kwargs": bool(need_tools_kwargs),
             "question": example.question,
             "split": split,
+            **({"selection": selection} if selection is not None else {}),
         },
         "metadata": None,
     }
 
 
 def verl_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Rows -> an arrow table with exactly :data:`VERL_SCHEMA` (types are not inferred)."""
-    return pa.Table.from_pylist(list(rows), schema=VERL_SCHEMA)
+    """Rows -> an arrow table with exactly :data:`VERL_SCHEMA` (:data:`FLAGGED_SCHEMA` when
+    the rows carry a ``selection`` flag; types are not inferred)."""
+    rows = list(rows)
+    flagged = any("selection" in (r.get("extra_info") or {}) for r in rows)
+    return pa.Table.from_pylist(rows, schema=FLAGGED_SCHEMA if flagged else VERL_SCHEMA)
 
 
 def export_verl(
@@ -123,11 +141,13 @@ def export_verl(
     start_index: int = 0,
     need_tools_kwargs: bool = True,
     write_ids: bool = True,
+    selection: str | None = None,
 ) -> int:
     """Write ``examples`` as a verl parquet at ``path`` (atomically); returns the row count.
 
     ``extra_info.index`` runs from ``start_index``; the example ids go to
-    ``<path>.ids.json`` (``write_ids``).
+    ``<path>.ids.json`` (``write_ids``). ``selection`` (e.g. :data:`FALLBACK`) flags every
+    row in ``extra_info.selection`` and in the ids file.
     """
     examples = list(examples)
     ids = [e.id for e in examples]
@@ -142,6 +162,7 @@ def export_verl(
             data_source=data_source,
             system_prompt=system_prompt,
             need_tools_kwargs=need_tools_kwargs,
+            selection=selection,
         )
         for i, e in enumerate(examples)
     ]
@@ -150,7 +171,8 @@ def export_verl(
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     if write_ids:
-        atomic_write_json(ids_path(path), {"start_index": start_index, "ids": ids})
+        atomic_write_json(ids_path(path), {"start_index": start_index, "ids": ids,
+                                           **({"selection": selection} if selection else {})})
     return len(rows)
 
 
@@ -198,6 +220,16 @@ def read_verl(path: str | Path) -> list[Example]:
 
 
 # --------------------------------------------------------------------------- run dir
+
+
+def _selection_source(path: Path) -> str | None:
+    """:data:`FALLBACK` when the stage trained on every sampled question because the sampler
+    chose none (``on_empty=sampled``), else None."""
+    if path.suffix != ".json":
+        return None
+    data = read_json(path)
+    fallback = isinstance(data, dict) and (data.get("fallback_all_sampled") or data.get("selected_by") == FALLBACK)
+    return FALLBACK if fallback else None
 
 
 def _read_selection(path: Path) -> list[str]:
@@ -280,6 +312,7 @@ def export_from_run(
         if unknown:
             raise ValueError(f"{sel_file}: {len(unknown)} id(s) not in {examples_path}, e.g. {unknown[0]!r}")
         target = out if stage is not None else out.with_name(f"{out.stem}_stage{k}{out.suffix or '.parquet'}")
-        export_verl([by_id[i] for i in ids], target, data_source=data_source, split=split, system_prompt=system_prompt)
+        export_verl([by_id[i] for i in ids], target, data_source=data_source, split=split, system_prompt=system_prompt,
+                    selection=_selection_source(sel_file))
         written[k] = target
     return written

@@ -15,6 +15,10 @@ and calls one of:
 * :func:`shape_group_scores` -- the shaping alone over component dicts/arrays (for a custom
   reward manager or advantage estimator).
 
+Correctness counts only from a well-formed ``<answer>..\\boxed{..}..</answer>`` (as the
+RL reward); ``format_rules`` (``strict`` | ``official``, a ``reward_kwargs`` entry) picks the
+grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL.
+
 Nothing is re-implemented here: components come from
 :func:`etagent.rl.reward.score_components` (grading via :mod:`etagent.grading`, tags via
 :mod:`etagent.protocol`) and shaping from :func:`etagent.rl.reward.shape_rewards`.
@@ -94,6 +98,7 @@ def compute_score(
     domain: str | None = None,
     model_tokens: int | None = None,
     tokenizer_path: str | None = None,
+    format_rules: str = _DEFAULTS.format_rules,
     **kwargs: Any,
 ) -> dict[str, float]:
     """Score one rollout (verl ``custom_reward_function`` signature).
@@ -106,7 +111,8 @@ def compute_score(
     function) are accepted and ignored.
     """
     comps = _components(data_source, solution_str, ground_truth, extra_info, qa_metric=qa_metric,
-                        domain=domain, model_tokens=model_tokens, tokenizer_path=tokenizer_path)
+                        domain=domain, model_tokens=model_tokens, tokenizer_path=tokenizer_path,
+                        format_rules=format_rules)
     score = shape_group_scores([comps], group_key=None, mode="correctness")[0]
     return dict(comps, score=score)
 
@@ -121,6 +127,7 @@ def _components(
     domain: str | None,
     model_tokens: int | None,
     tokenizer_path: str | None,
+    format_rules: str = _DEFAULTS.format_rules,
 ) -> dict[str, float]:
     info = _info(extra_info)
     try:
@@ -138,7 +145,8 @@ def _components(
     if model_tokens is None and info.get("model_tokens") is not None:
         model_tokens = int(info["model_tokens"])
     tok = _tokenizer(tokenizer_path) if (model_tokens is None and tokenizer_path) else None
-    c = score_components(solution_str or "", example, qa_metric=qa_metric, model_tokens=model_tokens, tokenizer=tok)
+    c = score_components(solution_str or "", example, qa_metric=qa_metric, model_tokens=model_tokens, tokenizer=tok,
+                         format_rules=format_rules)
     fmt = 1.0 if c["format_ok"] else 0.0
     return {
         "correctness": float(c["correctness"]),
@@ -225,6 +233,7 @@ def compute_score_batch(
     qa_metric: str = _DEFAULTS.qa_metric,
     domain: str | None = None,
     tokenizer_path: str | None = None,
+    format_rules: str = _DEFAULTS.format_rules,
     return_dict: bool = True,
     **kwargs: Any,
 ) -> list[dict[str, float]] | list[float]:
@@ -245,7 +254,7 @@ def compute_score_batch(
     items = []
     for i in range(n):
         c = _components(data_sources[i], solution_strs[i], ground_truths[i], infos[i], qa_metric=qa_metric,
-                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path)
+                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules)
         c["extra_info"] = infos[i]
         items.append(c)
     scores = shape_group_scores(items, group_key, sigma_tool=sigma_tool, sigma_len=sigma_len, mode=mode)

@@ -315,7 +315,8 @@ class OracleEvolver(Evolver):
         for ex, trajs in _group_by_example(items):
             if not ex.plan:
                 continue
-            text = "".join(protocol.format_call(p.tool, p.query) for p in ex.plan) + protocol.format_answer(ex.answer)
+            text = ("<think>Follow the plan.</think>" + "".join(protocol.format_call(p.tool, p.query) for p in ex.plan)
+                    + protocol.format_answer(ex.answer))
             best = min(trajs, key=lambda t: cost(t.response_text))
             if cost(text) < cost(best.response_text):
                 cands.append(Candidate(ex, best, text, "global_refine", rank=cost(text),

@@ -98,17 +98,21 @@ def policy_backend(ctx: RunContext, path: Path):
     return make_backend(ctx, path, load_tokenizer(path)), None
 
 
-def make_engine(ctx: RunContext, backend: Any, toolset: Any, qa_metric: str | None = None):
-    from etagent import grading
+def grading_policy(ctx: RunContext, qa_metric: str | None = None):
+    """The run's one :class:`etagent.grading.GradingPolicy` (config ``grading``); a stage
+    passes its own ``qa_metric`` (``reward.qa_metric``, ``eval.qa_metric``), which default to
+    ``grading.qa_metric``."""
+    from etagent.grading import QA_SUCCESS_THRESHOLD, GradingPolicy
 
-    metric = qa_metric
+    g = ctx.cfg.get("grading") or {}
+    return GradingPolicy(qa_metric=str(qa_metric or g.get("qa_metric") or "f1"),
+                         qa_threshold=float(g.get("qa_threshold", QA_SUCCESS_THRESHOLD)))
 
-    def grader(example: Example, answer: str | None) -> float:
-        m = metric if example.domain == "qa" else None
-        return grading.grade(example, answer, m)
 
-    return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=toolset, grader=grader,
-                 system_prompt=system_prompt(ctx))
+def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None):
+    """A rollout engine grading with ``policy`` (default: :func:`grading_policy`)."""
+    return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=toolset,
+                 grader=policy if policy is not None else grading_policy(ctx), system_prompt=system_prompt(ctx))
 
 
 def sft_config(ctx: RunContext, which: str):

@@ -26,6 +26,7 @@ def run(ctx: RunContext) -> dict:
     if ecfg.max_examples:
         examples = examples[: ecfg.max_examples]
     edir = ctx.stage_dir("eval")
+    policy = components.grading_policy(ctx, ecfg.qa_metric)
     policies = ctx.policies()
     overall: dict[str, dict] = {}
     with components.make_toolset(ctx) as toolset:
@@ -35,7 +36,7 @@ def run(ctx: RunContext) -> dict:
                 overall[name] = read_json(pdir / "metrics.json")["overall"]
                 continue
             backend, model = components.policy_backend(ctx, path)
-            engine = components.make_engine(ctx, backend, toolset, qa_metric=ecfg.qa_metric)
+            engine = components.make_engine(ctx, backend, toolset, policy)
             with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
                 trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update)
             write_eval(pdir, name, trajs, metrics)

@@ -23,10 +23,12 @@ def run(ctx: RunContext) -> dict:
     start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
+    # reward.qa_metric grades the RL rollouts (the engine sets traj.correct the reward uses)
+    policy = components.grading_policy(ctx, build(ctx.cfg.reward, "reward").qa_metric)
     with components.make_toolset(ctx) as toolset:
 
         def make_engine(model, tok):
-            return components.make_engine(ctx, components.make_backend(ctx, model, tok), toolset)
+            return components.make_engine(ctx, components.make_backend(ctx, model, tok), toolset, policy)
 
         def evaluate_fn(model, tok, examples, name):
             engine = make_engine(model, tok)

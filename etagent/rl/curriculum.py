@@ -15,7 +15,10 @@ or ``epochs`` over the selected questions, like the official 3 epochs per stage)
 question pool per stage is a seeded subset (``sample_questions``) so a CPU stage stays
 short; the sigma of each stage is explicit config (official scripts ship sigma = 0). If
 the sampler selects nothing (all groups all-right or all-wrong), ``on_empty=sampled``
-trains on every sampled question instead and logs it; ``skip`` leaves the policy as is.
+trains on every sampled question instead: ``selection.json`` then says
+``"selected_by": "fallback_all_sampled"`` (and ``n_selected: 0``), the report's RL table
+shows it and the verl export flags those rows (``extra_info.selection``); ``skip`` leaves
+the policy as is.
 """
 
 from __future__ import annotations
@@ -151,6 +154,8 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
         "n_sampled": len(pool),
         "n_selected": 0 if fallback else len(idx),
         "fallback_all_sampled": fallback,
+        # never pass a fallback off as the sampler's choice (report column, verl export flag)
+        "selected_by": "fallback_all_sampled" if fallback else getattr(sel, "name", type(sel).__name__),
         "sample_correct_mean": float(np.mean(all_c)) if all_c else 0.0,
         "sample_tool_calls_mean": float(np.mean([c for g in tool_counts for c in g])) if trajs else 0.0,
         "sample_mixed_share": float(np.mean([len(set(c)) > 1 for c in correctness])) if correctness else 0.0,

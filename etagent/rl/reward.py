@@ -10,6 +10,14 @@ format validity. The shaped reward of rollout i in its group is
     f_len_i  = 2 / (1 + exp(sigma_len * (z_i - mean_z)))
     format_penalty_i = -1 if the tag grammar is violated else 0
 
+Correctness counts only from a well-formed answer block: the ``\\boxed{}`` of a closed
+``<answer>`` block (:func:`etagent.grading.block_answer`), as in the official reward; a
+response that boxes its answer in ``<think>`` or plain text gets correctness 0 (reward =
+format penalty only). Which grammar violations count is ``format_rules``: ``strict``
+(etagent default: the official rules plus ``unknown_tag`` and ``text_after_answer``) or
+``official`` (the released ``validate_format``); see :data:`etagent.protocol.STRICT_ONLY_CODES`.
+Calls are counted by paired tags (official ``count_valid_tags``).
+
 Both factors are 1 at the group mean, up to 2 below it, down to 0 above it. With
 ``mode="correctness"`` (the baseline, ``reward=correctness``) score = correctness +
 format_penalty. ``2 / (1 + exp(x))`` is computed as ``2 * sigmoid(-x)`` (same value,
@@ -45,6 +53,7 @@ CORRECTNESS, N_CALLS, LENGTH, FORMAT_OK = range(len(COMPONENTS))
 MODES = ("efficiency", "correctness")
 SCHEDULES = ("linear_decay", "constant")
 LENGTH_SOURCES = ("model_tokens", "all_tokens")
+FORMAT_RULES = protocol.FORMAT_RULES
 
 
 # --------------------------------------------------------------------------- tensors
@@ -151,19 +160,19 @@ def score_components(
     qa_metric: str = "f1",
     model_tokens: int | None = None,
     tokenizer: Any = None,
+    format_rules: str = "strict",
 ) -> dict[str, Any]:
     """Components of one rollout from its text (the verl reward and tests use this).
 
-    Grading goes through :mod:`etagent.grading` only. The length is ``model_tokens`` if
-    given, else the model-token count of ``tokenizer`` (tool results masked), else a
-    whitespace-token approximation outside result blocks.
+    Grading goes through :mod:`etagent.grading` only, with answer-block-only credit. The
+    length is ``model_tokens`` if given, else the model-token count of ``tokenizer`` (tool
+    results masked), else a whitespace-token approximation outside result blocks.
     """
     from etagent import grading  # lazy: keeps import of this module light
 
     parsed = protocol.parse(response_text)
-    answer = grading.extract_answer(response_text)
-    metric = qa_metric if example.domain == QA else None
-    correctness = grading.grade(example, answer, metric)
+    answer, correctness = grading.GradingPolicy(qa_metric=qa_metric).grade_text(example, response_text)
+    format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
     if model_tokens is None:
         if tokenizer is not None:
             model_tokens = protocol.model_token_length(protocol.encode_response(tokenizer, response_text)[1])
@@ -173,7 +182,7 @@ def score_components(
         "correctness": float(correctness),
         "n_calls": parsed.num_calls,
         "length": int(model_tokens),
-        "format_ok": parsed.valid,
+        "format_ok": format_ok,
         "answer": answer,
     }
 
@@ -188,11 +197,13 @@ def group_score(
     qa_metric: str = "f1",
     lengths: Sequence[int] | None = None,
     tokenizer: Any = None,
+    format_rules: str = "strict",
 ) -> list[dict[str, Any]]:
     """Shaped scores of one group of responses to ``example`` (one dict per response)."""
     comps = [
         score_components(
-            r, example, qa_metric=qa_metric, model_tokens=None if lengths is None else lengths[i], tokenizer=tokenizer
+            r, example, qa_metric=qa_metric, model_tokens=None if lengths is None else lengths[i], tokenizer=tokenizer,
+            format_rules=format_rules,
         )
         for i, r in enumerate(responses)
     ]
@@ -228,6 +239,7 @@ class RewardFn:
     schedule: str = "linear_decay"
     length_source: str = "model_tokens"
     qa_metric: str = "f1"
+    format_rules: str = "strict"
 
     def __post_init__(self) -> None:
         checks = {
@@ -235,6 +247,7 @@ class RewardFn:
             "schedule": (self.schedule, SCHEDULES),
             "length_source": (self.length_source, LENGTH_SOURCES),
             "qa_metric": (self.qa_metric, ("f1", "em")),
+            "format_rules": (self.format_rules, FORMAT_RULES),
         }
         for key, (value, allowed) in checks.items():
             if value not in allowed:
@@ -251,6 +264,18 @@ class RewardFn:
             sigma_schedule(self.sigma_len, step, total_steps, self.schedule),
         )
 
+    def grading_policy(self, qa_threshold: float | None = None):
+        """The grading policy of the RL stage: this reward's ``qa_metric`` (honoured by the
+        rollout engine that grades the samples) and the run's QA success threshold."""
+        from etagent import grading
+
+        t = grading.QA_SUCCESS_THRESHOLD if qa_threshold is None else float(qa_threshold)
+        return grading.GradingPolicy(qa_metric=self.qa_metric, qa_threshold=t)
+
+    def format_ok(self, traj: Trajectory) -> bool:
+        """No format error under ``format_rules`` (the trajectory stores every code)."""
+        return not protocol.rule_errors(traj.format_errors, self.format_rules)
+
     def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:
         """[P, G, C] from graded trajectories (``traj.correct`` already set by the rollout)."""
         sizes = {len(g) for g in groups}
@@ -258,9 +283,9 @@ class RewardFn:
             raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
         return reward_components(
             [[t.correct for t in g] for g in groups],
-            [[t.num_calls for t in g] for g in groups],
+            [[t.parsed().num_calls for t in g] for g in groups],  # paired tags (official count)
             [[trajectory_length(t, self.length_source) for t in g] for g in groups],
-            [[float(t.format_ok) for t in g] for g in groups],
+            [[float(self.format_ok(t)) for t in g] for g in groups],
         )
 
     def __call__(

@@ -16,9 +16,12 @@ Loop (every row = one sampled response):
 Robustness: malformed output never raises. A closer without an opener, an empty call or a
 call to a tool the toolset lacks gets an error result (status ``invalid`` / ``error``) and
 the rollout carries on; unknown tags such as ``<code>`` are just text (format errors).
-Budget: at most ``max_calls_per_kind + extra_calls`` calls per kind (an over-budget call is
-not executed: status ``budget`` and a result saying so; after ``budget_grace`` refused calls
-the row ends with ``finish_reason="budget"``), at most ``max_turn_tokens`` per turn and
+Budget (``budget``): ``total`` (default; the official RL rollout) allows
+``max_calls_total + extra_calls`` calls in all, and a call over that limit is not run and
+ends the row at once (status ``budget``, no result block, ``finish_reason="budget"``);
+``per_kind`` allows ``max_calls_per_kind + extra_calls`` calls of each kind (an over-budget
+call is not executed: status ``budget`` and a result saying so; after ``budget_grace``
+refused calls the row ends with ``finish_reason="budget"``). At most ``max_turn_tokens`` per turn and
 ``max_response_tokens`` sampled+injected tokens (a turn that hits either limit ends the row
 with ``max_tokens``; the last tool result may overshoot the total by one result block).
 
@@ -107,8 +110,8 @@ def _count(calls: Sequence[ToolCall]) -> dict[str, int]:
     return counts
 
 
-def _default_grader(example: Example, answer: str | None) -> float:
-    return float(grading.grade(example, answer))
+_default_grader = grading.GradingPolicy()  # each example's task metric, QA success at F1 >= 0.75
+BUDGETS = ("total", "per_kind")
 
 
 #: call closer -> tool kind (``</python>`` -> ``python``)
@@ -122,14 +125,20 @@ class RolloutEngine:
                  *, system_prompt: str | None = None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
                  max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: str = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
+                 budget: str = "total", max_calls_total: int = 6,
                  label_behaviour: bool = True, progress_min_rows: int = 256):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
         for key, val in (("max_response_tokens", max_response_tokens), ("max_turn_tokens", max_turn_tokens)):
             if val < 1:
                 raise ValueError(f"rollout.{key} must be >= 1, got {val}")
-        if max_calls_per_kind < 0 or budget_grace < 1:
-            raise ValueError("rollout.max_calls_per_kind must be >= 0 and rollout.budget_grace >= 1")
+        if max_calls_per_kind < 0 or max_calls_total < 0 or budget_grace < 1:
+            raise ValueError("rollout.max_calls_per_kind and rollout.max_calls_total must be >= 0 and "
+                             "rollout.budget_grace >= 1")
+        if budget not in BUDGETS:
+            raise ValueError(f"rollout.budget must be one of {BUDGETS}, got {budget!r}")
+        self.budget = budget
+        self.max_calls_total = int(max_calls_total)
         self.backend = backend
         self.tokenizer = backend.tokenizer
         self.toolset = toolset
@@ -192,7 +201,8 @@ class RolloutEngine:
             self._queue_call(row, call.kind, call.content)
 
     def _budget(self, extra_calls: int) -> int:
-        return self.max_calls_per_kind + int(extra_calls)
+        base = self.max_calls_total if self.budget == "total" else self.max_calls_per_kind
+        return base + int(extra_calls)
 
     def _queue_call(self, row: _Row, kind: str, query: str, budget: int | None = None) -> None:
         """Make ``(kind, query)`` the row's pending call, or answer it at once when it cannot run."""
@@ -201,7 +211,14 @@ class RolloutEngine:
             row.counts[kind] = row.counts.get(kind, 0) + 1
             self._inject(row, ToolCall(kind, query, f"Error: empty <{kind}> call.", INVALID, 0.0))
             return
-        if row.counts.get(kind, 0) >= budget:
+        if self.budget == "total" and sum(row.counts.values()) >= budget:
+            # official RL rollout: the call over the total limit is not run and the response
+            # ends there (no result block); recorded with status budget
+            row.calls.append(ToolCall(kind, query, "", BUDGET, 0.0))
+            row.refused += 1
+            row.finish = F_BUDGET
+            return
+        if self.budget == "per_kind" and row.counts.get(kind, 0) >= budget:
             row.refused += 1
             msg = f"Error: tool budget exhausted, at most {budget} <{kind}> calls are allowed."
             self._inject(row, ToolCall(kind, query, msg, BUDGET, 0.0))
@@ -405,7 +422,7 @@ class RolloutEngine:
             index = {r.uid: k for k, r in enumerate(rows)}
             for k, row in enumerate(rows):
                 text = self.tokenizer.decode(row.ids, skip_special_tokens=False)
-                answer = grading.extract_answer(text)
+                answer = grading.block_answer(text)  # credit only from a closed <answer>..\boxed{}..</answer>
                 try:
                     correct = float(self.grader(ex, answer))
                 except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
@@ -429,11 +446,11 @@ class RolloutEngine:
                     meta=meta,
                 ))
             if self.label_behaviour:
-                self._label(trajs, ex)
+                self._label(trajs, ex, grading.policy_of(self.grader))
             out.extend(trajs)
         return out
 
     @staticmethod
-    def _label(trajs: list[Trajectory], ex: Example) -> None:
+    def _label(trajs: list[Trajectory], ex: Example, policy: grading.GradingPolicy) -> None:
         for t in trajs:
-            t.behaviour = dict(label_behaviour(t, ex, trajs))
+            t.behaviour = dict(label_behaviour(t, ex, trajs, policy=policy))
