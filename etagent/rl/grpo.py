@@ -489,6 +489,10 @@ class GRPOTrainer:
         f_tool, f_len = rw.shaping_factors(comps, sigma_tool, sigma_len)
         m["reward/f_tool_mean"] = float(f_tool.mean())
         m["reward/f_len_mean"] = float(f_len.mean())
+        # the mean of f_tool/f_len is ~1 by construction; their spread within a group is the signal
+        for fname, f in (("f_tool", f_tool), ("f_len", f_len)):
+            m[f"reward/{fname}_min"], m[f"reward/{fname}_max"] = float(f.min()), float(f.max())
+            m[f"reward/{fname}_group_std"] = float(f.std(-1, unbiased=False).mean())
         m["reward/format_penalty_mean"] = float((comps[..., rw.FORMAT_OK] - 1.0).mean())
         rates: dict[str, list[float]] = {}
         for t in flat:
