@@ -1,13 +1,15 @@
 """Label the four ineffective tool behaviours of a trajectory (paper section 2).
 
-``label_behaviour(traj, example, group)`` returns counts and flags:
-``n_calls, n_redundant, n_aborted, redundant, aborted, insufficient, erroneous, method``
-plus diagnostics ``n_useful``, ``redundant_calls`` and ``aborted_calls`` (call indices).
-A trajectory is "wrong" when ``grading.is_success(domain, traj.correct)`` is false
-(math: < 1; QA: F1 < 0.75).
+``label_behaviour(traj, example, group, policy)`` returns counts and flags:
+``n_calls, n_redundant, n_aborted, n_budget, redundant, aborted, budget_refused,
+insufficient, erroneous, method`` plus diagnostics ``n_useful``, ``redundant_calls``,
+``aborted_calls`` and ``budget_calls`` (call indices). ``n_calls`` counts paired tags in the
+text (the official rule; a stray closer is no call). A trajectory is "wrong" when the grading
+policy's ``is_success(domain, traj.correct)`` is false (default: math < 1; QA F1 < 0.75).
 
-Calls are taken in order. A call is **aborted** when its status is not ``ok`` (tool error,
-timeout, invalid call, over budget); aborted calls are never also counted redundant.
+Calls are taken in order. A call is **aborted** when it ran and failed (tool error, timeout,
+invalid call); a call refused by the tool budget is counted apart (``n_budget``: the model
+asked for too many calls, nothing failed to execute). Neither is ever counted redundant.
 A **duplicate** is an ok call with the same kind and normalised query (python: all
 whitespace removed; search: lower-cased, punctuation dropped, whitespace collapsed) as
 an earlier ok call.
@@ -38,8 +40,9 @@ Heuristic method (real benchmarks, ``example.plan is None``):
 * aborted: as above (tool errors);
 * insufficient: wrong answer and fewer ok calls than every correct sibling in ``group``
   used (in particular: no call at all on a question the group solved only with calls);
-  False without a group or without a correct sibling;
-* erroneous: wrong answer and not insufficient.
+  False without a correct sibling; **None (n/a)** for a wrong answer without any sibling
+  (one sample and no plan: nothing says which calls were needed);
+* erroneous: wrong answer and not insufficient (None when insufficient is None).
 """
 
 from __future__ import annotations
