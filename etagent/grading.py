@@ -282,18 +282,23 @@ class GradingPolicy:
     (``meta['metric']``, else f1). Math always uses math-verify. ``qa_threshold``: a QA
     score counts as a success when >= it (math needs 1). Calling the policy with
     ``(example, answer)`` grades an extracted answer (the rollout engine's grader).
+    ``math_judge`` (``judge=llm`` in the eval stage) decides math equivalence instead of
+    math-verify.
     A plain class, not a dataclass: Hydra would turn a dataclass argument into a config.
     """
 
-    __slots__ = ("qa_metric", "qa_threshold")
+    __slots__ = ("qa_metric", "qa_threshold", "math_judge")
 
-    def __init__(self, qa_metric: str | None = None, qa_threshold: float = QA_SUCCESS_THRESHOLD) -> None:
+    def __init__(self, qa_metric: str | None = None, qa_threshold: float = QA_SUCCESS_THRESHOLD,
+                 math_judge: Any = None) -> None:
         if qa_metric is not None and qa_metric not in (F1, EM):
             raise ValueError(f"grading: qa_metric must be {F1!r} or {EM!r}, got {qa_metric!r}")
         t = float(qa_threshold)
         if not 0.0 < t <= 1.0:
             raise ValueError(f"grading: qa_threshold must be in (0, 1], got {qa_threshold!r}")
         self.qa_metric, self.qa_threshold = qa_metric, t
+        # an LLM judge (etagent.judge.LLMJudge) for math equivalence, as the paper; None = math-verify
+        self.math_judge = math_judge
 
     def __repr__(self) -> str:
         return f"GradingPolicy(qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
@@ -309,7 +314,14 @@ class GradingPolicy:
         return resolve_metric(example, self.qa_metric if example.domain == QA else None)
 
     def grade(self, example: Example, answer: str | None) -> float:
-        return grade(example, answer, self.metric(example))
+        metric = self.metric(example)
+        if self.math_judge is not None and metric == MATH_METRIC:
+            return float(self.math_judge.grade(example, answer, metric))
+        return grade(example, answer, metric)
+
+    def with_judge(self, judge: Any) -> "GradingPolicy":
+        """The same policy with math equivalence decided by ``judge``."""
+        return GradingPolicy(self.qa_metric, self.qa_threshold, judge)
 
     __call__ = grade
 

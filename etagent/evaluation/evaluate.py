@@ -2,7 +2,9 @@
 
 ``evaluate(engine, examples, cfg)`` samples ``n_samples`` responses per example (greedy
 when ``temperature`` is 0), grades them, labels behaviours and returns the overall and
-per-domain metrics (definitions in :mod:`etagent.evaluation.metrics`). The `eval`
+per-domain metrics (definitions in :mod:`etagent.evaluation.metrics`); with several
+benchmarks (``Example.source``, e.g. ``experiment=paper_eval``) also one row per benchmark
+and their unweighted macro average (``by_benchmark``), as the paper's main table. The `eval`
 pipeline stage calls it for every policy of a run; ``python -m etagent
 stages=[eval,report] resume=<run>`` re-evaluates an existing run.
 """
@@ -16,7 +18,7 @@ from typing import Any, Callable, Sequence
 from etagent import grading
 from etagent.backends.base import SamplingParams
 from etagent.evaluation import EvalConfig
-from etagent.evaluation.metrics import compute_metrics, metrics_table_markdown
+from etagent.evaluation.metrics import compute_metrics, macro_average, metrics_table_markdown
 from etagent.records import Example, Trajectory, write_jsonl
 from etagent.utils.io import atomic_write_json, atomic_write_text
 
@@ -48,12 +50,27 @@ def evaluate(
         if progress is not None:
             progress(len(chunk))
     by_id = {e.id: e for e in examples}
+    if concise_fn is not None:  # overall and per-domain tables share one (costly) verdict per trajectory
+        verdicts: dict[str, bool] = {}
+        judge_fn = concise_fn
+
+        def concise_fn(t: Trajectory, ex: Example) -> bool:
+            if t.id not in verdicts:
+                verdicts[t.id] = bool(judge_fn(t, ex))
+            return verdicts[t.id]
+
     metrics: dict[str, Any] = {"overall": compute_metrics(trajs, by_id, concise_fn, policy), "by_domain": {}}
     per_domain: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         per_domain[by_id[t.example_id].domain].append(t)
     for dom, ts in sorted(per_domain.items()):
         metrics["by_domain"][dom] = compute_metrics(ts, by_id, concise_fn, policy)
+    per_bench: dict[str, list[Trajectory]] = defaultdict(list)  # Example.source = the benchmark
+    for t in trajs:
+        per_bench[by_id[t.example_id].source].append(t)
+    if len(per_bench) > 1:  # the paper's table: one row per benchmark and their macro average
+        benches = {b: compute_metrics(ts, by_id, concise_fn, policy) for b, ts in per_bench.items()}
+        metrics["by_benchmark"] = {**benches, f"macro avg ({len(benches)})": macro_average(benches)}
     metrics["n_examples"] = len(examples)
     return trajs, metrics
 
@@ -62,5 +79,6 @@ def write_eval(out_dir: Path, policy: str, trajs: Sequence[Trajectory], metrics:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "trajectories.jsonl", trajs)
     atomic_write_json(out_dir / "metrics.json", {"policy": policy, **metrics})
-    rows = {"overall": metrics["overall"], **{d: m for d, m in metrics["by_domain"].items()}}
+    rows = {"overall": metrics["overall"], **{d: m for d, m in metrics["by_domain"].items()},
+            **metrics.get("by_benchmark", {})}
     atomic_write_text(out_dir / "metrics.md", f"# {policy}\n\n" + metrics_table_markdown(rows) + "\n")

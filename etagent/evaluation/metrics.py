@@ -130,6 +130,17 @@ def compute_metrics(
     return out
 
 
+def macro_average(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Unweighted mean over benchmarks of every numeric metric (the paper's table averages its
+    benchmarks this way); a metric None on some benchmark averages the others; ``n`` sums."""
+    out: dict[str, Any] = {}
+    keys = [k for m in rows.values() for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for k in dict.fromkeys(keys):
+        vals = [float(m[k]) for m in rows.values() if isinstance(m.get(k), (int, float))]
+        out[k] = (sum(vals) if k in ("n", "n_questions") else sum(vals) / len(vals)) if vals else None
+    return out
+
+
 # --------------------------------------------------------------------------- table
 
 #: (metric key, column header, scale, format) -- fractions shown as percentages like the paper.

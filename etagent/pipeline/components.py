@@ -50,10 +50,29 @@ def system_prompt(ctx: RunContext) -> str | None:
     return str(configured) if configured else protocol.SYSTEM_PROMPT
 
 
+def check_search_corpus(ctx: RunContext) -> None:
+    """Fail before any work when a corpus-backed search (bm25 | dense) has no corpus file,
+    naming the key to set (benchmark tasks write no corpus; the world stage writes one)."""
+    from etagent.config.validate import ConfigError
+
+    search = ctx.cfg.get("tools", {}).get("search")
+    if search is None or str(search.get("backend")) not in ("bm25", "dense"):
+        return
+    if (ctx.world_dir / "corpus.jsonl").exists():
+        return
+    path = search.get("corpus_path")
+    if not path or not Path(str(path)).is_file():
+        raise ConfigError(
+            f"tools.search.corpus_path: no search corpus at {path!r} (backend={search.get('backend')}; only the "
+            "embedded world writes one): set tools.search.corpus_path to a JSONL corpus, or use "
+            "tools.search.backend=cache (tools.search.cache_file) or http (tools.search.url)")
+
+
 def make_toolset(ctx: RunContext):
     """The tool set; on the embedded world the search corpus is this run's `world/corpus.jsonl`."""
     from etagent.tools import build_toolset
 
+    check_search_corpus(ctx)
     tools_cfg = OmegaConf.to_container(ctx.cfg.tools, resolve=False)
     corpus = ctx.world_dir / "corpus.jsonl"
     search = tools_cfg.get("search") if isinstance(tools_cfg, dict) else None

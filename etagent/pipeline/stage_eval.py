@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from etagent.config import build
 from etagent.evaluation.evaluate import evaluate, write_eval
+from etagent.judge import build_judge
 from etagent.pipeline import components
 from etagent.pipeline.context import RunContext
 from etagent.utils.io import atomic_write_json, read_json
@@ -27,6 +28,11 @@ def run(ctx: RunContext) -> dict:
         examples = examples[: ecfg.max_examples]
     edir = ctx.stage_dir("eval")
     policy = components.grading_policy(ctx, ecfg.qa_metric)
+    judge_cfg = ctx.cfg.get("judge")
+    if ecfg.concise_judge and judge_cfg is None:
+        from etagent.config.validate import ConfigError
+
+        raise ConfigError("eval.concise_judge=true needs an LLM judge: add `judge=llm`")
     policies = ctx.policies()
     overall: dict[str, dict] = {}
     with components.make_toolset(ctx) as toolset:
@@ -36,9 +42,16 @@ def run(ctx: RunContext) -> dict:
                 overall[name] = read_json(pdir / "metrics.json")["overall"]
                 continue
             backend, model = components.policy_backend(ctx, path)
-            engine = components.make_engine(ctx, backend, toolset, policy)
+            # judge=llm: math equivalence by the judge (judge.backend null = this policy's backend),
+            # and with eval.concise_judge the judge's conciseness verdicts (conciseness_judge)
+            judge = build_judge(judge_cfg, backend=backend) if judge_cfg is not None else None
+            engine = components.make_engine(ctx, backend, toolset, policy.with_judge(judge) if judge else policy)
+            concise_fn = judge.concise_fn if judge is not None and ecfg.concise_judge else None
             with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
-                trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update)
+                trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update,
+                                          concise_fn=concise_fn)
+            if judge is not None:
+                metrics["judge"] = dict(judge.stats)  # items, votes, errors (unparsable/failed votes), shortcuts
             write_eval(pdir, name, trajs, metrics)
             overall[name] = metrics["overall"]
             ctx.tracker.log({k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},

@@ -4,9 +4,20 @@ Each stage of the `schedule` group re-samples K rollouts per training question w
 current policy, selects questions with the `sampling` group (NSGA-II Pareto by default),
 trains GRPO with the `reward` group's reward, checkpoints and evaluates on dev. Stage
 markers and GRPO checkpoints make a killed run resume where it stopped.
+
+The rollouts are graded by one :class:`etagent.grading.GradingPolicy` built from
+``reward.qa_metric`` and ``grading.qa_threshold`` (what the reward sees is what the engine
+graded). Backends: ``hf`` shares the trainer's in-process model; ``vllm`` is handed a saved
+checkpoint directory (``rl/vllm_weights``) and reloaded from it after every update
+(departure from ARPO/verl, which stream weights into the running engine: a reload is slow
+but works on any vLLM version); ``openai`` is refused at start-up (a server's weights
+never follow the trainer).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from etagent.config import build
 from etagent.evaluation.evaluate import evaluate
@@ -14,9 +25,44 @@ from etagent.pipeline import components
 from etagent.pipeline.context import RunContext
 
 
+class CheckpointSynced:
+    """A vLLM backend that serves a checkpoint directory: :meth:`sync_weights` saves the
+    trainer's model there (atomically) and makes vLLM reload it. Everything else is the
+    wrapped backend's."""
+
+    def __init__(self, backend: Any, ckpt_dir: Path, tokenizer: Any):
+        self.backend, self.ckpt_dir, self.tokenizer = backend, Path(ckpt_dir), tokenizer
+
+    @staticmethod
+    def save(model: Any, tokenizer: Any, ckpt_dir: Path) -> Path:
+        from etagent.train.checkpoint import atomic_dir
+
+        with atomic_dir(ckpt_dir) as tmp:
+            model.save_pretrained(str(tmp))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+        return Path(ckpt_dir)
+
+    def sync_weights(self, model: Any) -> None:
+        self.backend.sync_weights(self.save(model, self.tokenizer, self.ckpt_dir))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def _backend_kind(ctx: RunContext) -> str:
+    target = str(ctx.cfg.backend._target_)
+    return "hf" if target.endswith("HFBackend") else "vllm" if target.endswith("VLLMBackend") else "server"
+
+
 def run(ctx: RunContext) -> dict:
+    from etagent.config.validate import ConfigError
     from etagent.rl.curriculum import run_curriculum
 
+    kind = _backend_kind(ctx)
+    if kind == "server":
+        raise ConfigError(f"backend={ctx.cfg.backend._target_}: the rl stage trains the policy, but a server's "
+                          "weights never follow the trainer; use backend=hf or backend=vllm (or drop `rl` from stages)")
     rdir = ctx.stage_dir("rl")
     train = components.load_split(ctx, "train")
     dev = components.load_split(ctx, "dev")
@@ -28,7 +74,12 @@ def run(ctx: RunContext) -> dict:
     with components.make_toolset(ctx) as toolset:
 
         def make_engine(model, tok):
-            return components.make_engine(ctx, components.make_backend(ctx, model, tok), toolset, policy)
+            if kind == "vllm":  # vLLM loads a directory, never an in-memory module
+                ckpt = CheckpointSynced.save(model, tok, rdir / "vllm_weights")
+                backend = CheckpointSynced(components.make_backend(ctx, ckpt, tok), ckpt, tok)
+            else:
+                backend = components.make_backend(ctx, model, tok)
+            return components.make_engine(ctx, backend, toolset, policy)
 
         def evaluate_fn(model, tok, examples, name):
             engine = make_engine(model, tok)

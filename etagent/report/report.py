@@ -235,6 +235,9 @@ def _metrics_section(rd: RunData, baselines: Mapping[str, Mapping[str, Any]], wa
     for d in rd.domains():
         rows = {policy_label(p): m["by_domain"][d] for p, m in rd.policies.items() if d in m.get("by_domain", {})}
         out += [f"### Domain: {d}", "", metrics_table_markdown(rows)]
+    for p, m in rd.policies.items():  # several benchmarks: one row each + their macro average (paper table)
+        if m.get("by_benchmark"):
+            out += [f"### Benchmarks: {policy_label(p)}", "", metrics_table_markdown(m["by_benchmark"])]
     return "\n".join(out) + "\n"
 
 

@@ -124,7 +124,8 @@ def load_policies(run_dir: Path) -> dict[str, dict[str, Any]]:
             m = read_json(f)
             if not isinstance(m, dict) or not isinstance(m.get("overall"), dict):
                 raise ValueError(f"{f}: expected {{'overall': {{...}}, 'by_domain': {{...}}}}")
-            out[p] = {"overall": m["overall"], "by_domain": m.get("by_domain") or {}}
+            out[p] = {"overall": m["overall"], "by_domain": m.get("by_domain") or {},
+                      "by_benchmark": m.get("by_benchmark") or {}}
         elif isinstance(summary_overall.get(p), dict):
             out[p] = {"overall": summary_overall[p], "by_domain": {}}
     return out
