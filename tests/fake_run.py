@@ -89,8 +89,12 @@ def _rl_line(stage: str, step: int, k: int) -> dict[str, Any]:
     return {"stage": stage, "step": step, "time": 0.5 * x, "reward/mean": 0.2 + 0.05 * x, "reward/std": 0.3,
             "reward/zero_var_groups": 0.25, "sigma_tool": 0.2 * (3 - step) / 2, "sigma_len": 0.5 * (3 - step) / 2,
             "correct_mean": 0.3 + 0.04 * x, "tool_calls_mean": 2.0 - 0.1 * x, "model_tokens_mean": 80 - 2 * x,
-            "reward/f_tool_mean": 0.8, "reward/f_len_mean": 0.9, "reward/format_penalty_mean": -0.05,
-            "behaviour/redundant_rate": 0.3}
+            "reward/f_tool_mean": 1.0, "reward/f_len_mean": 1.0, "reward/format_penalty_mean": -0.05,
+            "reward/f_tool_min": 0.8 + 0.02 * x, "reward/f_tool_max": 1.2 - 0.02 * x, "reward/f_tool_group_std": 0.1,
+            "reward/f_len_min": 0.7, "reward/f_len_max": 1.3, "reward/f_len_group_std": 0.15 - 0.01 * x,
+            "kl": 0.001 * x, "ppo_kl": 0.0005 * x, "entropy": 2.0 - 0.1 * x, "clip_frac": 0.05, "format_error_rate": 0.1,
+            "behaviour/redundant_rate": 0.3 - 0.02 * x, "behaviour/insufficient_rate": 0.2,
+            "behaviour/aborted_rate": 0.05, "behaviour/erroneous_rate": 0.1}
 
 
 def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.4, 0.5, 0.6),
@@ -142,6 +146,7 @@ def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.
         lines[name] = [_rl_line(name, s, k) for s in (1, 2, 3)]
         lines[f"{name}/select"] = [{"stage": f"{name}/select", "step": 0, "n_selected": 12, "n_sampled": 24}]
         lines[f"{name}/dev"] = [{"stage": f"{name}/dev", "step": 3, **fake_metrics(0.5, 1.3)}]
+        _samples(run_dir / "rl" / f"stage_{k}", k)
         atomic_write_json(run_dir / "rl" / f"stage_{k}" / ".done.json", {"summary": {
             "stage": k, "name": name, "n_sampled": 24, "n_selected": 12, "sample_correct_mean": 0.4,
             "sample_tool_calls_mean": 1.7, "sample_mixed_share": 0.5, "steps": 3, "reward_mean_first": 0.25,
@@ -151,6 +156,20 @@ def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.
         atomic_write_text(run_dir / "metrics" / f"{stage.replace('/', '_')}.jsonl",
                           "".join(json.dumps(x) + "\n" for x in ls))
     return run_dir
+
+
+def _samples(sdir: Path, k: int, n_questions: int = 8, group: int = 4) -> None:
+    """rl/stage_k/samples.jsonl (only the fields the Pareto plot reads) + selection.json."""
+    rows = []
+    for q in range(n_questions):
+        for j in range(group):
+            calls = [{"kind": "python", "query": "1", "result": "1", "status": "ok"}] * ((q * j + k) % 3)
+            rows.append({"id": f"sample{k}/q{q}#{j}", "example_id": f"q{q}", "group_id": f"sample{k}/q{q}",
+                         "tool_calls": calls, "correct": float((q + j) % (q % 3 + 2) == 0)})
+    atomic_write_text(sdir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_json(sdir / "selection.json", {"selected_ids": [f"q{q}" for q in range(1, n_questions, 2)],
+                                                "n_sampled": n_questions, "n_selected": n_questions // 2,
+                                                "fallback_all_sampled": False})
 
 
 def _flywheel(fdir: Path) -> None:

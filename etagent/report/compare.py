@@ -18,7 +18,8 @@ tool productivity without any call) and its own count is kept (``n`` per metric)
 
 Writes ``compare.md`` (table of group means ± std, then the per-run table), ``compare.csv``
 (one row per group: ``<metric>_mean``, ``<metric>_std``, ``<metric>_n``), ``compare.json``
-and ``radar.png`` (group means) into ``--out`` (default ``<sweep dir>/compare``), and the tidy
+``radar.png`` (group means with ± std whiskers) and ``dimensions.png`` (per metric: group
+mean ± std and each seed's value) into ``--out`` (default ``<sweep dir>/compare``), and the tidy
 tables in the runs' own schema (:mod:`etagent.report.results`): ``results.{parquet,csv}`` and
 ``questions.{parquet,csv}`` (every run's rows, read from its ``results.parquet`` or built from
 its eval files) and ``aggregate.{parquet,csv}`` (per experiment x policy x split x domain x
@@ -38,7 +39,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from etagent.evaluation.metrics import TABLE_COLUMNS, metrics_table_markdown
-from etagent.evaluation.radar import radar_chart
 from etagent.report.identity import IGNORED_KEYS, IGNORED_PREFIXES, _key, group_of  # noqa: F401
 from etagent.report.rundata import load_policies, load_yaml, policy_label
 from etagent.utils.io import atomic_write_json, atomic_write_text
@@ -240,8 +240,23 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
     atomic_write_text(out / "compare.csv", to_csv(groups))
     atomic_write_json(out / "compare.json", result)
     if groups:
-        radar_chart({g["group"]: g["mean"] for g in groups}, out / "radar.png",
-                    title="Group means (final policy)")
+        from etagent.report import plots
+
+        plots.radar({g["group"]: g["mean"] for g in groups}, out / "radar.png",
+                    title="Group means ± std over seeds (final policy)",
+                    spread={g["group"]: {k: v for k, v in g["std"].items() if v is not None} for g in groups})
+        rows = []
+        for g in groups:
+            members = [r for r in runs if r.metrics and r.group == g["group"]]
+            for key, *_ in plots.DOT_METRICS:
+                m, sd = g["mean"].get(key), g["std"].get(key)
+                if m is None:
+                    continue
+                rows.append({"label": g["group"], "metric": key, "value": m,
+                             "lo": None if sd is None else m - sd, "hi": None if sd is None else m + sd,
+                             "points": [_num(r.metrics.get(key)) for r in members]})
+        plots.dimension_dots(rows, out / "dimensions.png", title="Sweep: final policy per group",
+                             point_label="mean", interval_label="± std over seeds, hollow dots = each seed")
     result["out_dir"] = str(out)
     return result
 

@@ -2,12 +2,20 @@
 
 * :func:`tool_calls_by_stage`  mean tool calls per question by policy, overall and per domain.
 * :func:`behaviour_by_stage`   share of trajectories with each ineffective behaviour by policy.
-* :func:`rl_curves`            RL training curves: reward (+ correctness), the shaping sigmas
-  and factors, tool calls per rollout. RL stages are laid end to end on one step axis
-  (each stage's trainer restarts its step count), separated by dotted lines.
+* :func:`rl_curves`            RL training curves per step: reward and correctness, tool calls,
+  model tokens, KL, entropy, clip fraction, behaviour rates and the *spread* of the shaping
+  factors f_tool / f_len (min-max band and within-group std; their mean is ~1 by
+  construction). RL stages are laid end to end on one step axis (each stage's trainer
+  restarts its step count), separated by dotted lines.
 * :func:`loss_curves`          SFT loss per fine-tuning stage.
-
-The five-dimension radar lives in :mod:`etagent.evaluation.radar`. Figures are built with
+* :func:`dimension_dots`       one panel per metric: a dot per policy (or sweep group) with its
+  95% interval (or mean ± std and each seed's value as a small dot).
+* :func:`radar`                the paper-style five-dimension radar, legible: outlines only
+  (no overlapping fills), one line style and marker per run, each axis scaled to its own
+  maximum (printed), an axis identical to another for every run merged into it, optional
+  ± std whiskers.
+* :func:`pareto_fronts`        per RL stage, every sampled question in the sampler's objective
+  space (variance of tool calls x variance of correctness), front 1 and the selection marked. Figures are built with
 the object API (``matplotlib.figure.Figure``), never pyplot, so calling these from a notebook
 leaves its backend and open figures alone.
 """
@@ -15,8 +23,10 @@ leaves its backend and open figures alone.
 from __future__ import annotations
 
 import io
+import math
+import zlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -101,13 +111,41 @@ def _offsets(series: Mapping[str, Mapping[str, Points]]) -> dict[str, int]:
     return out
 
 
-# panel title -> [(quantity, line label, style)]
-_PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
-    ("reward", (("reward_mean", "reward", "-"), ("correctness_mean", "correctness", "--"))),
-    ("shaping", (("sigma_tool", "sigma_tool", "-"), ("sigma_len", "sigma_len", "-"),
-                 ("f_tool_mean", "f_tool", ":"), ("f_len_mean", "f_len", ":"))),
-    ("tool calls / rollout", (("tool_calls_mean", "calls", "-"),)),
+# panel title, y-axis label, [(quantity, line label, style)]
+_PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("reward", "mean over rollouts", (("reward_mean", "reward", "-"), ("correctness_mean", "correctness", "--"))),
+    ("tool calls", "calls / rollout", (("tool_calls_mean", "calls", "-"),)),
+    ("length", "model tokens / rollout", (("model_tokens_mean", "tokens", "-"),)),
+    ("KL to reference", "KL (per token)", (("kl", "k3 KL", "-"), ("ppo_kl", "KL to old policy", "--"))),
+    ("entropy", "entropy (nats / token)", (("entropy", "entropy", "-"),)),
+    ("clip fraction", "share of tokens clipped", (("clip_frac", "clip fraction", "-"),
+                                                  ("format_error_rate", "format errors", "--"))),
+    ("behaviour rates", "share of rollouts", (("redundant_rate", "redundant", "-"),
+                                              ("insufficient_rate", "insufficient", "-"),
+                                              ("aborted_rate", "aborted", "-"),
+                                              ("erroneous_rate", "erroneous", "-"))),
+    ("shaping sigmas", "sigma", (("sigma_tool", "sigma_tool", "-"), ("sigma_len", "sigma_len", "--"))),
 )
+# factor -> (min, max, within-group std) quantities; drawn as a band + std line
+_SPREADS = (("f_tool", "f_tool_min", "f_tool_max", "f_tool_group_std"),
+            ("f_len", "f_len_min", "f_len_max", "f_len_group_std"))
+
+
+def _stage_bounds(ax, series, offsets) -> None:
+    for i, (stage, shift) in enumerate(offsets.items()):
+        starts = [x for q in series.values() for x, _ in q.get(stage, [])]
+        if i and starts:  # boundary before each later stage
+            ax.axvline(min(starts) + shift - 0.5, color="grey", linestyle=":", linewidth=0.8)
+
+
+def rl_panels(series: Mapping[str, Mapping[str, Points]]) -> list[tuple[str, str, Any]]:
+    """(title, y label, lines) of every panel the series have data for (the spread panel last)."""
+    panels: list[tuple[str, str, Any]] = [(t, y, lines) for t, y, lines in _PANELS
+                                          if any(series.get(q) for q, _, _ in lines)]
+    spreads = [sp for sp in _SPREADS if any(series.get(q) for q in sp[1:])]
+    if spreads:
+        panels.append(("shaping factor spread", "factor value", spreads))
+    return panels
 
 
 def rl_curves(series: Mapping[str, Mapping[str, Points]], path: str | Path, title: str = "RL training") -> Path:
@@ -115,21 +153,208 @@ def rl_curves(series: Mapping[str, Mapping[str, Points]], path: str | Path, titl
     if not any(series.values()):
         raise ValueError("rl_curves: no RL log lines to plot")
     offsets = _offsets(series)
-    panels = [(t, lines) for t, lines in _PANELS if any(series.get(q) for q, _, _ in lines)]
-    fig = Figure(figsize=(4.4 * len(panels), 3.3))
-    axes = fig.subplots(1, len(panels), squeeze=False)
+    panels = rl_panels(series)
+    ncol = min(4, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig = Figure(figsize=(3.6 * ncol, 2.9 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (ptitle, lines) in zip(axes[0], panels):
-        for li, (q, label, style) in enumerate(lines):
-            for si, (stage, (xs, ys)) in enumerate(_concat(series.get(q, {}), offsets).items()):
-                ax.plot(xs, ys, style, color=colors[li % len(colors)], linewidth=1.3,
-                        label=label if si == 0 else None)
-        for i, (stage, shift) in enumerate(offsets.items()):
-            starts = [x for q in series.values() for x, _ in q.get(stage, [])]
-            if i and starts:  # boundary before each later stage
-                ax.axvline(min(starts) + shift - 0.5, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_title(ptitle)
-        ax.set_xlabel("step (" + " | ".join(offsets) + ")", fontsize=7)
+    xlabel = "RL step (" + " | ".join(offsets) + ")" if len(offsets) > 1 else "RL step"
+    for ax, (ptitle, ylabel, lines) in zip(axes, panels):
+        if ptitle == "shaping factor spread":
+            for li, (name, qmin, qmax, qstd) in enumerate(lines):
+                c = colors[li % len(colors)]
+                lo = _concat(series.get(qmin, {}), offsets)
+                hi = _concat(series.get(qmax, {}), offsets)
+                for si, stage in enumerate(lo):
+                    if stage in hi and len(lo[stage][0]) == len(hi[stage][0]):
+                        ax.fill_between(lo[stage][0], lo[stage][1], hi[stage][1], color=c, alpha=0.18,
+                                        label=f"{name} min-max" if si == 0 else None)
+                for si, (stage, (xs, ys)) in enumerate(_concat(series.get(qstd, {}), offsets).items()):
+                    ax.plot(xs, [1.0 + y for y in ys], "-", color=c, linewidth=1.3,
+                            label=f"1 + {name} std within group" if si == 0 else None)
+            ax.axhline(1.0, color="black", linewidth=0.6)
+        else:
+            for li, (q, label, style) in enumerate(lines):
+                for si, (stage, (xs, ys)) in enumerate(_concat(series.get(q, {}), offsets).items()):
+                    ax.plot(xs, ys, style, color=colors[li % len(colors)], linewidth=1.3, marker=".",
+                            markersize=3, label=label if si == 0 else None)
+        _stage_bounds(ax, series, offsets)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(frameon=False, fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+#: metric -> (panel title, scale, unit); shares are shown in %
+DOT_METRICS: tuple[tuple[str, str, float, str], ...] = (
+    ("correctness", "Correctness", 100, "%"),
+    ("efficiency", "Efficiency", 100, "%"),
+    ("conciseness", "Conciseness", 100, "%"),
+    ("exec_score", "Successful execution", 100, "%"),
+    ("length_score", "Reasoning length (correct / 1k tokens)", 1, ""),
+    ("mean_calls", "Tool calls / question", 1, ""),
+    ("redundant_rate", "Redundant", 100, "%"),
+    ("insufficient_rate", "Insufficient", 100, "%"),
+    ("aborted_rate", "Aborted", 100, "%"),
+    ("erroneous_rate", "Erroneous", 100, "%"),
+)
+
+
+def dimension_dots(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                   metrics: Sequence[tuple[str, str, float, str]] = DOT_METRICS,
+                   interval_label: str = "95% interval", point_label: str = "value") -> Path:
+    """One panel per metric, one row per label: a dot at ``value`` with a bar from ``lo`` to ``hi``
+    and, when given, each ``points`` value (e.g. one per seed) as a small hollow dot.
+
+    ``rows``: dicts with ``label``, ``metric``, ``value`` and optional ``lo``, ``hi``, ``points``.
+    """
+    rows = [r for r in rows if r.get("value") is not None]
+    present = [m for m in metrics if any(r["metric"] == m[0] for r in rows)]
+    if not present:
+        raise ValueError("dimension_dots: nothing to plot")
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    ncol = min(5, len(present))
+    nrow = math.ceil(len(present) / ncol)
+    fig = Figure(figsize=(2.6 * ncol + 1.2, 0.32 * len(labels) * nrow + 1.3 * nrow + 0.4))
+    axes = fig.subplots(nrow, ncol, squeeze=False, sharey=True).ravel()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, ptitle, scale, unit) in zip(axes, present):
+        for li, label in enumerate(labels):
+            for r in rows:
+                if r["label"] != label or r["metric"] != key:
+                    continue
+                c = colors[li % len(colors)]
+                v = scale * float(r["value"])
+                lo, hi = r.get("lo"), r.get("hi")
+                if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+                    ax.errorbar([v], [li], xerr=[[v - scale * lo], [scale * hi - v]], fmt="o", color=c,
+                                capsize=3, markersize=5, linewidth=1.4)
+                else:
+                    ax.plot([v], [li], "o", color=c, markersize=5)
+                pts = [scale * float(p) for p in (r.get("points") or []) if p is not None]
+                if pts:
+                    ax.plot(pts, [li + 0.18] * len(pts), "o", mfc="none", mec=c, markersize=4, alpha=0.9)
+        ax.set_title(ptitle, fontsize=9)
+        ax.set_xlabel(f"{ptitle.split(' (')[0].lower()}{' (' + unit + ')' if unit else ''}", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_yticks(range(len(labels)), labels)
+    for ax in axes[len(present):]:
+        ax.set_visible(False)
+    fig.suptitle((title + "\n" if title else "") + f"dot = {point_label}, bar = {interval_label}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- radar
+
+
+def _val(m: Mapping[str, Any], k: str) -> float:
+    v = m.get(k)
+    return 0.0 if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def radar_axes(runs: Mapping[str, Mapping[str, Any]], dims: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, list[str]]]:
+    """(key, label, labels merged into it): an axis equal to an earlier one for every run is merged
+    (e.g. execution = correctness when no call fails), unless fewer than three axes would remain."""
+    kept: list[tuple[str, str, list[str]]] = []
+    for key, label, _ in dims:
+        twin = next((k for k in kept if all(abs(_val(m, k[0]) - _val(m, key)) < 1e-12 for m in runs.values())), None)
+        if twin is not None:
+            twin[2].append(label)
+        else:
+            kept.append((key, label, []))
+    return kept if len(kept) >= 3 else [(k, lab, []) for k, lab, _ in dims]
+
+
+def radar(runs: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "Five dimensions",
+          spread: Mapping[str, Mapping[str, Any]] | None = None, dims: Sequence[tuple[str, str, str]] | None = None) -> Path:
+    """Paper-style radar, legible (see module docstring); ``spread[run][key]`` draws ± whiskers."""
+    from etagent.evaluation.radar import DIMENSIONS
+
+    if not runs:
+        raise ValueError("radar: no runs to plot")
+    dims = list(dims or DIMENSIONS)
+
+    kept = radar_axes(runs, dims)
+    n = len(kept)
+    angles = [2 * math.pi * i / n for i in range(n)]
+    tops = []
+    for key, _, _ in kept:
+        hi = max(_val(m, key) + _val((spread or {}).get(name, {}), key) for name, m in runs.items())
+        tops.append(hi * 1.1 if hi > 0 else 1.0)
+    fig = Figure(figsize=(6.6, 6.2))
+    ax = fig.add_subplot(111, polar=True)
+    ax.set_theta_offset(math.pi / 2)  # first axis at the top, clockwise like the paper
+    ax.set_theta_direction(-1)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles, markers = ("-", "--", "-.", ":"), ("o", "s", "^", "D", "v", "P", "X")
+    for i, (name, m) in enumerate(runs.items()):
+        r = [_val(m, k) / top for (k, _, _), top in zip(kept, tops)]
+        c = colors[i % len(colors)]
+        ax.plot(angles + angles[:1], r + r[:1], linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                color=c, linewidth=1.6, markersize=5, label=name)
+        if len(runs) == 1:
+            ax.fill(angles + angles[:1], r + r[:1], color=c, alpha=0.1)  # one polygon: a fill hides nothing
+        if spread and name in spread:
+            err = [_val(spread[name], k) / top for (k, _, _), top in zip(kept, tops)]
+            ax.errorbar(angles, r, yerr=err, fmt="none", ecolor=c, capsize=3, linewidth=1.0)
+    ax.set_xticks(angles)
+    names = []
+    for (key, label, twins), top in zip(kept, tops):
+        scale, unit = (1, "") if key == "length_score" else (100, "%")
+        same = f"\n(= {', '.join(twins)})" if twins else ""
+        names.append(f"{label}{same}\naxis 0-{top * scale:.3g}{unit}")
+    ax.set_xticklabels(names, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "", "", ""])
+    ax.set_title(title, pad=26)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(3, len(runs)), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- Pareto
+
+
+def pareto_fronts(stages: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "Pareto selection") -> Path:
+    """One panel per RL stage (from :func:`etagent.report.rundata.pareto_points`)."""
+    stages = {k: v for k, v in stages.items() if v.get("ids")}
+    if not stages:
+        raise ValueError("pareto_fronts: no sampled questions")
+    fig = Figure(figsize=(4.2 * len(stages), 3.8))
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    for ax, (stage, d) in zip(axes, stages.items()):
+        xs, ys = d["var_calls"], d["var_correct"]
+        front, sel = d["front"], d["selected"]
+        # identical points are common (e.g. many all-wrong groups at 0, 0): jitter only the drawing
+        span = max(max(xs) - min(xs), max(ys) - min(ys), 1e-3)
+        jit = [((zlib.crc32(str(i).encode()) % 997) / 997 - 0.5) * 0.015 * span for i in d["ids"]]  # deterministic
+        other = [k for k in range(len(xs)) if not sel[k]]
+        chosen = [k for k in range(len(xs)) if sel[k]]
+        ax.scatter([xs[k] + jit[k] for k in other], [ys[k] + jit[k] for k in other], s=16, c="lightgrey",
+                   edgecolors="grey", linewidths=0.5, label=f"not selected ({len(other)})")
+        ax.scatter([xs[k] + jit[k] for k in chosen], [ys[k] + jit[k] for k in chosen], s=26, c="tab:orange",
+                   edgecolors="black", linewidths=0.5,
+                   label=f"{'trained on (fallback: all)' if d.get('fallback') else 'selected'} ({len(chosen)})")
+        f0 = sorted((xs[k], ys[k]) for k in range(len(xs)) if front[k] == 0)
+        if f0:
+            fx, fy = zip(*f0)
+            ax.step(fx, fy, where="pre", color="tab:blue", linewidth=1.2, label="front 1 (non-dominated)")
+        ax.set_title(f"{stage} ({len(xs)} questions)", fontsize=10)
+        ax.set_xlabel("variance of tool calls over K rollouts", fontsize=8)
+        ax.set_ylabel("variance of correctness over K rollouts", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.legend(frameon=False, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from etagent.evaluation.metrics import FLAWS, TABLE_COLUMNS, metrics_table_markdown
-from etagent.evaluation.radar import radar_chart
 from etagent.report import plots
 from etagent.report.rundata import (
     STAGES,
     RunData,
     load_policies,
     load_run,
+    pareto_points,
     policy_label,
     rl_series,
     sft_series,
@@ -32,9 +32,11 @@ from etagent.utils.io import atomic_write_text, read_json
 PLOTS_DIR = "plots"
 PLOT_FILES = {
     "radar": "radar.png",
+    "dimensions": "dimensions.png",
     "tool_calls": "tool_calls_by_stage.png",
     "behaviour": "behaviour_by_stage.png",
     "rl_curves": "rl_curves.png",
+    "pareto": "pareto_fronts.png",
     "sft_loss": "sft_loss.png",
 }
 
@@ -386,19 +388,42 @@ def behaviour_by_policy(rd: RunData, prefix: str = "") -> dict[str, dict[str, An
     return {prefix + policy_label(p): {f: m["overall"].get(f"{f}_rate") for f in FLAWS} for p, m in rd.policies.items()}
 
 
+def interval_rows(rd: RunData) -> list[dict[str, Any]]:
+    """Rows for :func:`plots.dimension_dots`: each policy's whole-split value and 95% interval."""
+    try:
+        from etagent.report.results import load_results
+
+        df = load_results(rd.run_dir)
+    except (OSError, ValueError, ImportError):
+        return []
+    if df.empty:
+        return []
+    df = df[(df.domain == "all") & (df.benchmark == df.benchmark.iloc[0])]
+    nan = lambda v: None if v != v else float(v)  # noqa: E731
+    return [{"label": policy_label(r.policy), "metric": r.metric, "value": float(r.value), "lo": nan(r.ci_low),
+             "hi": nan(r.ci_high)} for r in df.itertuples(index=False)]
+
+
 def make_plots(rd: RunData, baselines: Mapping[str, Mapping[str, Any]], plots_dir: Path) -> dict[str, Path]:
     """Draw every plot the run has data for; returns name -> path (names of ``PLOT_FILES``)."""
     out: dict[str, Path] = {}
     labelled = _labelled(rd)
     if labelled or baselines:
-        out["radar"] = radar_chart({**labelled, **baselines}, plots_dir / PLOT_FILES["radar"],
+        out["radar"] = plots.radar({**labelled, **baselines}, plots_dir / PLOT_FILES["radar"],
                                    title="Five dimensions: stages and baselines")
+    dots = interval_rows(rd)
+    if dots:
+        out["dimensions"] = plots.dimension_dots(dots, plots_dir / PLOT_FILES["dimensions"],
+                                                 title=f"Every policy on the {rd.config.get('eval', {}).get('split', 'test')} split")
     if labelled:
         out["tool_calls"] = plots.tool_calls_by_stage(calls_by_policy(rd), plots_dir / PLOT_FILES["tool_calls"])
         out["behaviour"] = plots.behaviour_by_stage(behaviour_by_policy(rd), plots_dir / PLOT_FILES["behaviour"])
     series = rl_series(rd)
     if series:
         out["rl_curves"] = plots.rl_curves(series, plots_dir / PLOT_FILES["rl_curves"])
+    fronts = pareto_points(rd)
+    if fronts:
+        out["pareto"] = plots.pareto_fronts(fronts, plots_dir / PLOT_FILES["pareto"])
     sft = sft_series(rd)
     if sft:
         out["sft_loss"] = plots.loss_curves(sft, plots_dir / PLOT_FILES["sft_loss"])
@@ -406,12 +431,20 @@ def make_plots(rd: RunData, baselines: Mapping[str, Mapping[str, Any]], plots_di
 
 
 _PLOT_TEXT = {
-    "radar": ("Five-dimension radar", "Correctness, efficiency, conciseness, successful execution (absolute 0..1) "
-              "and reasoning length (relative to the best); raw values under each axis."),
+    "radar": ("Five-dimension radar", "Correctness, efficiency, conciseness, successful execution and reasoning "
+              "length; each axis runs from 0 to its printed maximum; an axis equal to another for every policy "
+              "is merged into it."),
+    "dimensions": ("Every dimension with its 95% interval", "Wilson interval for shares of 0/1 outcomes, "
+                   "mean ± 1.96 se for per-trajectory means; overlapping bars mean the test split cannot tell "
+                   "the policies apart."),
     "tool_calls": ("Tool calls per question by stage", ""),
     "behaviour": ("Ineffective behaviours by stage", ""),
-    "rl_curves": ("RL training curves", "Reward and correctness of the rollouts, the shaping sigmas and "
-                  "factors, tool calls per rollout; RL stages end to end (dotted lines)."),
+    "rl_curves": ("RL training curves", "Per GRPO step: reward and correctness of the rollouts, tool calls, "
+                  "model tokens, KL, entropy, clip fraction, behaviour rates, the shaping sigmas and the spread "
+                  "of the shaping factors within groups (their mean is ~1 by construction); RL stages end to end "
+                  "(dotted lines)."),
+    "pareto": ("Pareto selection per RL stage", "Each sampled question in the sampler's objective space; "
+               "the non-dominated front and the questions GRPO trained on are marked."),
     "sft_loss": ("SFT loss", ""),
 }
 

@@ -34,6 +34,21 @@ RL_KEYS: dict[str, tuple[str, ...]] = {
     "tool_calls_mean": ("tool_calls_mean", "n_calls_mean"),
     "model_tokens_mean": ("model_tokens_mean",),
     "zero_var_groups": ("reward/zero_var_groups", "zero_var_group_share"),
+    "f_tool_min": ("reward/f_tool_min",),
+    "f_tool_max": ("reward/f_tool_max",),
+    "f_tool_group_std": ("reward/f_tool_group_std",),
+    "f_len_min": ("reward/f_len_min",),
+    "f_len_max": ("reward/f_len_max",),
+    "f_len_group_std": ("reward/f_len_group_std",),
+    "kl": ("kl",),
+    "ppo_kl": ("ppo_kl",),
+    "entropy": ("entropy",),
+    "clip_frac": ("clip_frac",),
+    "format_error_rate": ("format_error_rate",),
+    "redundant_rate": ("behaviour/redundant_rate",),
+    "insufficient_rate": ("behaviour/insufficient_rate",),
+    "aborted_rate": ("behaviour/aborted_rate",),
+    "erroneous_rate": ("behaviour/erroneous_rate",),
 }
 
 
@@ -225,4 +240,44 @@ def sft_series(rd: RunData) -> dict[str, list[tuple[int, float]]]:
                if isinstance(ln.get("loss"), (int, float))]
         if pts:
             out[stage] = pts
+    return out
+
+
+def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
+    """Per RL stage (``stage_1`` ...), the sampler's view of each sampled question.
+
+    ``{"ids", "var_calls", "var_correct", "front", "selected", "fallback"}``: the two
+    objectives of the Pareto selection (population variance over the K rollouts of tool
+    calls and of correctness, as :mod:`etagent.rl.curriculum` computes them from
+    ``stage_k/samples.jsonl``), the NSGA-II front of each point (0 = non-dominated) and
+    whether ``selection.json`` lists it. Stages without saved samples are left out.
+    """
+    import numpy as np
+
+    from etagent.rl.pareto import front_ranks, group_variances
+
+    out: dict[str, dict[str, Any]] = {}
+    rl = rd.run_dir / "rl"
+    if not rl.is_dir():
+        return out
+    for d in sorted(rl.glob("stage_*"), key=lambda d: int(re.sub(r"\D", "", d.name) or 0)):
+        f, sel = d / "samples.jsonl", d / "selection.json"
+        if not f.exists():
+            continue
+        groups: dict[str, tuple[list[float], list[float]]] = {}
+        for t in read_jsonl_dicts(f):
+            calls, corr = groups.setdefault(str(t["example_id"]), ([], []))
+            calls.append(float(len(t.get("tool_calls") or [])))
+            corr.append(float(t.get("correct", 0.0)))
+        if not groups:
+            continue
+        ids = list(groups)
+        a = group_variances([groups[i][0] for i in ids])
+        b = group_variances([groups[i][1] for i in ids])
+        selection = read_json(sel) if sel.exists() else {}
+        chosen = set(selection.get("selected_ids") or [])
+        out[d.name] = {"ids": ids, "var_calls": np.asarray(a).tolist(), "var_correct": np.asarray(b).tolist(),
+                       "front": np.asarray(front_ranks(np.asarray(a), np.asarray(b))).tolist(),
+                       "selected": [i in chosen for i in ids],
+                       "fallback": bool(selection.get("fallback_all_sampled", False))}
     return out
