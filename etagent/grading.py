@@ -13,6 +13,10 @@ Departures from the paper / official code:
   this one module everywhere, with the metric named in config (``f1`` default, ``em``).
 * QA F1 keeps the HotpotQA / FlashRAG rule that a yes/no/noanswer prediction scores 0
   against a different gold (otherwise "no" would partially match "no way").
+* A gold that SQuAD normalisation leaves without tokens (a letter choice ``(A)`` or ``A``:
+  the article rule deletes "a") is graded by exact match after a lighter normalisation
+  (lower case, punctuation and spaces only), for F1 and EM alike; the SQuAD/official code
+  scores every prediction 0 (F1) or everything that normalises to "" 1 (EM) there.
 
 Thread safety: math-verify bounds each parse/compare with ``signal.alarm``, which only
 works in the main thread. Off the main thread we call it without a time limit (and guard
@@ -208,15 +212,33 @@ def _as_list(golds: str | Iterable[str]) -> list[str]:
     return [golds] if isinstance(golds, str) else [g for g in golds if g is not None]
 
 
+def _light(s: Any) -> str:
+    """Lower case, punctuation dropped, spaces squeezed; articles kept."""
+    s = "" if s is None else str(s).lower()
+    return " ".join("".join(ch for ch in s if ch not in _PUNCT).split())
+
+
+def _tokenless(gold: str) -> bool:
+    """A gold that SQuAD normalisation empties (a letter choice ``(A)``, ``A``, ``the``)."""
+    return not normalize_answer(gold) and bool(_light(gold))
+
+
+def _em_one(pred: str, gold: str) -> bool:
+    if _tokenless(gold):  # exact match after a lighter normalisation ("(A)" == "a", != "the")
+        return _light(pred) == _light(gold)
+    return normalize_answer(pred) == normalize_answer(gold)
+
+
 def qa_em(pred: str | None, golds: str | Sequence[str]) -> float:
     """1.0 if the normalised prediction equals any normalised gold alias."""
     if pred is None:
         return 0.0
-    p = normalize_answer(pred)
-    return float(any(p == normalize_answer(g) for g in _as_list(golds)))
+    return float(any(_em_one(pred, g) for g in _as_list(golds)))
 
 
 def _f1(pred: str, gold: str) -> float:
+    if _tokenless(gold):  # no tokens to overlap: exact match after normalisation
+        return float(_em_one(pred, gold))
     p, g = normalize_answer(pred), normalize_answer(gold)
     # HotpotQA/FlashRAG rule: yes/no/noanswer must match exactly
     if (p in ("yes", "no", "noanswer") or g in ("yes", "no", "noanswer")) and p != g:

@@ -61,7 +61,8 @@ def test_normalize_answers():
     assert normalize_answers(27.0) == ["27"]
     assert normalize_answers(0.5) == ["0.5"]
     assert normalize_answers(["NYC", "NYC", 5]) == ["NYC", "5"]  # deduplicated, stringified
-    for bad in (None, "", [], [""], True, {"a": 1}, float("nan")):
+    assert normalize_answers(True) == ["True"] and normalize_answers([False, "no"]) == ["False", "no"]
+    for bad in (None, "", [], [""], {"a": 1}, float("nan")):
         with pytest.raises(ValueError):
             normalize_answers(bad)
 

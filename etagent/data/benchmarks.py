@@ -2,9 +2,11 @@
 :class:`~etagent.records.Example`, and the Hydra-instantiable task objects built on them.
 
 Field names differ between files (``problem`` vs ``question``; answers as a string, a
-number or a list of aliases): :func:`load_examples` normalises them and fails on the
-first unreadable row with ``file:line`` (JSONL), ``file:item N`` (JSON) or
-``file:row N`` (parquet) and the offending key.
+number, a boolean or a list of aliases; every task YAML names its ``question_fields`` /
+``answer_field``): :func:`load_examples` normalises them (numbers and booleans become
+strings, as in the official evaluator) and fails on the first unreadable row with
+``file:line`` (JSONL), ``file:item N`` (JSON) or ``file:row N`` (parquet), the offending
+key and the fields the row has.
 
 Ids are ``f"{source}-{row id}"`` when the row has an id, else ``f"{source}-{line}"``
 (1-based), so ids stay unique when several benchmarks are mixed (AIME24 and AMC23 both
@@ -107,8 +109,10 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def _answer_text(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None  # why: True/False are never a benchmark answer; likely a schema mix-up
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)  # "True"/"False": loaded as strings, as the official evaluator does
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -150,11 +154,13 @@ def row_to_example(
     """One raw row -> Example (raises ValueError without location; the caller adds it)."""
     if not isinstance(row, Mapping):
         raise ValueError(f"row is a {type(row).__name__}, expected an object")
+    found = f"fields found: {sorted(map(str, row))}"
     qkey = next((k for k in question_fields if isinstance(row.get(k), str) and row[k].strip()), None)
     if qkey is None:
-        raise ValueError(f"missing question: none of the keys {list(question_fields)} holds a non-empty string")
+        raise ValueError(f"missing question: none of the keys {list(question_fields)} holds a non-empty string "
+                         f"({found}; set task.question_fields)")
     if answer_field not in row:
-        raise ValueError(f"missing key {answer_field!r}")
+        raise ValueError(f"missing key {answer_field!r} ({found}; set task.answer_field)")
     try:
         answers = normalize_answers(row[answer_field])
     except ValueError as exc:
