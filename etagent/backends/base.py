@@ -9,6 +9,17 @@ Log-probs: ``Completion.logprobs[i]`` is the log-probability of ``ids[i]`` under
 temperature-scaled distribution ``softmax(logits / T)`` *before* top-p truncation (T=1 for
 greedy). That is the distribution the trainer recomputes for its importance ratio; a
 server may report a different convention (see each backend's docstring).
+
+Continuation states (KV reuse across tool turns): ``generate(prefixes, params, states)``.
+``states=None`` means the caller will not continue these sequences. A list (one entry per
+prefix, entries may be None) asks the backend to continue from what it kept for the
+previous call and to return, in ``Completion.state``, an opaque handle for the next one.
+A handle is only a hint: a backend must check it still matches the prefix (the prefix starts
+with the sequence the state was made for; same weights) and otherwise prefill in full, so
+passing a stale or foreign state changes speed, never the output. Backends that cannot
+reuse (``vllm`` has its own prefix caching; ``openai`` is a server) ignore ``states`` and
+return ``state=None``. ``hf`` keeps the states of one call until the next call (see
+:mod:`etagent.backends.hf`). States are run-time handles, never serialised.
 """
 
 from __future__ import annotations
@@ -56,6 +67,8 @@ class Completion:
     stop: str | None = None  # which stop string (finish_reason == "stop")
     # Optional per-token entropy of the sampling distribution (hf only); used by entropy branching.
     entropies: list[float] | None = field(default=None, repr=False)
+    # Opaque continuation handle for the next ``generate`` call (module docstring); None if none.
+    state: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
@@ -70,8 +83,12 @@ class GenerationBackend(ABC):
     tokenizer: Any = None
 
     @abstractmethod
-    def generate(self, prefixes: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
-        """``[len(prefixes)][params.n]`` completions, in prefix order."""
+    def generate(self, prefixes: list[list[int]], params: SamplingParams,
+                 states: list[Any] | None = None) -> list[list[Completion]]:
+        """``[len(prefixes)][params.n]`` completions, in prefix order.
+
+        ``states``: None, or one continuation state (or None) per prefix, taken from the
+        ``Completion.state`` of the previous call (module docstring)."""
 
     def sync_weights(self, model: Any) -> None:  # pragma: no cover - backends override
         """Make the next ``generate`` use ``model``'s current weights (after a training step)."""

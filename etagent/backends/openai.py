@@ -59,7 +59,9 @@ class OpenAIBackend(GenerationBackend):
         self.stats = {"requests": 0, "retries": 0}
 
     # ------------------------------------------------------------------ contract
-    def generate(self, prefixes: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prefixes: list[list[int]], params: SamplingParams,
+                 states: list[Any] | None = None) -> list[list[Completion]]:
+        # ``states`` ignored (a server keeps (or not) its own prefix cache); Completion.state stays None
         coro = self._generate_all(prefixes, params)
         try:
             asyncio.get_running_loop()

@@ -85,7 +85,9 @@ class VLLMBackend(GenerationBackend):
         )
 
     # ------------------------------------------------------------------ contract
-    def generate(self, prefixes: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prefixes: list[list[int]], params: SamplingParams,
+                 states: list[Any] | None = None) -> list[list[Completion]]:
+        # ``states`` ignored (vLLM's own prefix caching (``enable_prefix_caching``) reuses the KV); Completion.state stays None
         llm = self.llm
         prompts = [{"prompt_token_ids": list(p)} for p in prefixes]
         outputs = llm.generate(prompts, self._sampling_params(params), use_tqdm=False)

@@ -30,6 +30,10 @@ the injected ids (never decode/re-encode). Sampled eos ids are not part of the r
 (backend contract). ``response_text`` is the whole-sequence decode (decoding pieces could
 differ at byte boundaries).
 
+KV reuse: a backend whose ``generate`` takes ``states`` gets each row's last
+``Completion.state`` with its next prefix and prefills only the new tokens (the backend
+checks the state still matches the prefix; forks start without one).
+
 Prefixes (flywheel continuation): ``prefixes[i]`` is a response prefix *text* for example
 ``i``; it is encoded with ``protocol.encode_response`` (result blocks mask 0) and its other
 tokens get mask 1 if ``treat_prefix_as_model`` else 0; log-probs 0.0 (the RL trainer
@@ -44,6 +48,7 @@ finished; ``engine.last_stats`` has the batch totals (generation, tools, overhea
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -83,6 +88,7 @@ class _Row:
     t0: float = 0.0
     t_end: float = 0.0
     uid: int = 0
+    kv: Any = None  # the backend's continuation state from the last turn (KV reuse); forks start without
 
     def add(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None, kind: str) -> None:
         start = len(self.ids)
@@ -140,6 +146,7 @@ class RolloutEngine:
         self.budget = budget
         self.max_calls_total = int(max_calls_total)
         self.backend = backend
+        self._pass_states = "states" in inspect.signature(backend.generate).parameters
         self.tokenizer = backend.tokenizer
         self.toolset = toolset
         self.grader = grader or _default_grader
@@ -383,7 +390,10 @@ class RolloutEngine:
             prefixes = [r.prompt_ids + r.ids for r in rows]
             sp = params.replace(n=1, max_new_tokens=max_new, seed=seed)
         t0 = time.perf_counter()
-        outs = self.backend.generate(prefixes, sp)
+        if self._pass_states:  # KV reuse: each row continues from its last turn's state (checked by the backend)
+            outs = self.backend.generate(prefixes, sp, states=[rows[g[0]].kv for g in order])
+        else:
+            outs = self.backend.generate(prefixes, sp)
         dt = time.perf_counter() - t0
         stats["gen_s"] += dt
         stats["generate_calls"] += 1
@@ -397,6 +407,7 @@ class RolloutEngine:
                 if self.brancher is not None:
                     self._maybe_branch(row, comp, snapshot, per_ex, n)
                 self._on_completion(row, comp, remaining[k])
+                row.kv = comp.state if row.finish is None else None
                 if row.finish is not None:
                     row.t_end = time.perf_counter()
 
