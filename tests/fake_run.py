@@ -99,7 +99,8 @@ def _rl_line(stage: str, step: int, k: int) -> dict[str, Any]:
 
 def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.4, 0.5, 0.6),
              calls: Sequence[float] = (2.0, 1.6, 1.4, 1.2), overrides: Sequence[str] | None = None,
-             compare: Sequence[str] = (), policies: Sequence[str] = POLICIES, flywheel: bool = True) -> Path:
+             compare: Sequence[str] = (), policies: Sequence[str] = POLICIES, flywheel: bool = True,
+             trajectories: bool = False) -> Path:
     """Write a finished run with the given per-policy correctness/calls; returns ``run_dir``."""
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / "config.yaml", CONFIG_YAML.format(seed=seed, compare=json.dumps(list(compare))))
@@ -134,7 +135,8 @@ def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.
         m = {"policy": p, "overall": fake_metrics(lv, c),
              "by_domain": {"math": fake_metrics(lv + 0.05, c - 0.2), "qa": fake_metrics(lv - 0.05, c + 0.2)}}
         atomic_write_json(run_dir / "eval" / p / "metrics.json", m)
-        atomic_write_text(run_dir / "eval" / p / "trajectories.jsonl", "")
+        atomic_write_text(run_dir / "eval" / p / "trajectories.jsonl",
+                          _trajectories(run_dir, policies.index(p)) if trajectories else "")
         overall[p] = m["overall"]
     atomic_write_json(run_dir / "eval" / "summary.json", {"policies": list(policies), "overall": overall})
     lines: dict[str, list[dict[str, Any]]] = {"seed": [], "ase": []}
@@ -156,6 +158,31 @@ def make_run(run_dir: Path, *, seed: int = 0, levels: Sequence[float] = (0.3, 0.
         atomic_write_text(run_dir / "metrics" / f"{stage.replace('/', '_')}.jsonl",
                           "".join(json.dumps(x) + "\n" for x in ls))
     return run_dir
+
+
+def _trajectories(run_dir: Path, k: int, n: int = 6) -> str:
+    """world/test.jsonl + one policy's eval trajectories: question i is right under policy k when
+    (i + k) % 4 == 0, so questions flip between policies; math uses python, qa search."""
+    from etagent.records import Example, ToolCall, Trajectory, write_jsonl
+
+    exs = [Example(id=f"t{i}", question=f"What is {i} + {i}?", answers=[str(2 * i)], domain=DOMAINS[i % 2],
+                   source=f"synthetic-{DOMAINS[i % 2]}", split="test") for i in range(n)]
+    write_jsonl(run_dir / "world" / "test.jsonl", exs)
+    lines = []
+    for i, ex in enumerate(exs):
+        tool = "python" if ex.domain == "math" else "search"
+        calls = [ToolCall(tool, f"{i}+{i}", str(2 * i), "ok")] * (1 + (i + k) % 2)
+        right = (i + k) % 4 == 0
+        answer = str(2 * i) if right else "7"
+        text = "<think>add</think>\n" + "".join(f"<{tool}>{c.query}</{tool}>\n<result>{c.result}</result>\n"
+                                               for c in calls) + f"<answer>\\boxed{{{answer}}}</answer>"
+        beh = {"n_calls": len(calls), "n_redundant": len(calls) - 1, "n_aborted": 0, "n_budget": 0,
+               "redundant": len(calls) > 1, "aborted": False, "insufficient": False, "erroneous": not right}
+        t = Trajectory(id=f"eval:{ex.id}#0", example_id=ex.id, group_id=f"eval:{ex.id}", response_text=text,
+                       response_ids=[1] * 20, response_mask=[1] * 20, tool_calls=calls, answer=answer,
+                       correct=float(right), finish_reason="answer", behaviour=beh, meta={"sample": 0})
+        lines.append(t.to_json() + "\n")
+    return "".join(lines)
 
 
 def _samples(sdir: Path, k: int, n_questions: int = 8, group: int = 4) -> None:
