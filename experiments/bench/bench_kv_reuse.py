@@ -52,7 +52,7 @@ def tool_bias(model, tok) -> None:
     model.register_forward_hook(hook, with_kwargs=True)
 
 
-def from_run(run: Path, args, tmp: Path):
+def from_run(run: Path, args):
     """(model, tokenizer, make_engine(backend), toolset, examples, backend kwargs) of a finished run."""
     from omegaconf import OmegaConf
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         if args.run_dir:
-            model, tok, make_engine, tools, examples, be_kw = from_run(Path(args.run_dir), args, tmp)
+            model, tok, make_engine, tools, examples, be_kw = from_run(Path(args.run_dir), args)
         else:
             args.cache_impl = args.cache_impl or "static"
             model, tok, make_engine, tools, examples, be_kw = untrained(args, tmp)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<10}{r['gen_s']:>8.2f}{r['wall_s']:>8.2f}{r['tool_s']:>8.2f}{r['model_tok_per_s']:>8.0f}"
               f"{r['prefill_tokens']:>9}{r['reused_tokens']:>9}{r['tool_calls']:>7}")
     print(f"speed-up of generation with KV reuse: {speedup:.2f}x (wall {report['speedup_wall']:.2f}x; target >= 1.5x); "
-          f"identical outputs: {identical}" + ("" if args.temperature == 0 else " (sampling: not expected)"))
+          f"identical outputs: {identical}" + ("" if args.temperature == 0 else " (sampling: they may differ)"))
     if args.out:
         atomic_write_json(args.out, report)
     return report
