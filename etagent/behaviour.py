@@ -33,8 +33,9 @@ exactly one of the two holds.
 Heuristic method (real benchmarks, ``example.plan is None``):
 
 * redundant: duplicates, and ok calls whose result is never used later -- none of the
-  result's salient tokens (numbers, words of 4+ letters that are not stop words and do
-  not already occur in the call's query or the question) appears in the later model
+  result's salient tokens (:mod:`etagent.salient`: canonical numbers, so ``1,234,567``
+  matches ``1234567``, and content words of 3+ letters; those already in the call's query
+  or the question do not count) appears in the later model
   text (reasoning, later calls, answer; tool results excluded). An ok call with an empty
   or salient-free result is unused too;
 * aborted: as above (tool errors);
@@ -52,18 +53,12 @@ from typing import Any, Sequence
 
 from etagent import grading, protocol
 from etagent.records import BUDGET, OK, Example, PlanStep, ToolCall, Trajectory
+from etagent.salient import salient_tokens
 
 EXACT, HEURISTIC = "exact", "heuristic"
 
 _NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'\-]{3,}|-?\d[\d,]*(?:\.\d+)?")
 _PUNCT_RE = re.compile(r"[^\w\s]")
-_STOP = frozenset(
-    """this that with from have were what when where which while there their them they then than into
-    about after before also been being does done each just like more most much only over some such
-    very will would could should your yours result results answer python search print import return
-    true false none the and for""".split()
-)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -98,19 +93,12 @@ def surfaces(result: str, expect: str) -> bool:
     return bool(needle) and f" {needle} " in f" {grading.normalize_answer(result)} "
 
 
-def _tokens(text: str) -> set[str]:
-    out = set()
-    for tok in _WORD_RE.findall(text):
-        num = _as_number(tok)
-        if num is not None:
-            out.add(repr(num))  # "42", "42.0" and "42," match
-        else:
-            out.add(tok.lower())
-    return out
+# one salient-token notion for labels, the flywheel's redundancy rule and its grounding check
+_tokens = salient_tokens
 
 
 def _salient(result: str, exclude: set[str]) -> set[str]:
-    return {t for t in _tokens(result) if t not in _STOP and t not in exclude}
+    return salient_tokens(result) - exclude
 
 
 def _later_texts(traj: Trajectory) -> list[str]:

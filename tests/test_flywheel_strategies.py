@@ -179,7 +179,7 @@ def test_fault_location():
     aborted = make_traj(MATH, "<python>print(12 3)</python>" + R("SyntaxError") + "<answer>\\boxed{1}</answer>",
                         statuses=["error"])
     f = locate_fault(aborted, MATH)
-    assert f.kind == ABORTED and f.pos == 0
+    assert f.kind == ABORTED and f.prefix(aborted.response_text).endswith("SyntaxError\n</result>")  # after the result
     guess = make_traj(MATH, "<think>About 50000.</think><answer>\\boxed{50000}</answer>")
     f = locate_fault(guess, MATH)
     assert f.kind == INSUFFICIENT and f.prefix(guess.response_text) == ""

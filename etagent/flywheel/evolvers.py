@@ -1,8 +1,9 @@
 """Evolver roles: who locates faults, writes hints/corrections and rewrites trajectories.
 
 * :class:`PolicyEvolver` (default, ``evolver=policy``): the policy itself plus model-free
-  rules. ``locate`` = :func:`fault.locate_fault`; corrections are empty (the policy simply
-  re-generates from the cut); hints come from templates in ``conf/evolver/policy.yaml``
+  rules. ``locate`` = :func:`fault.locate_fault` (trajectory and tool results only, no
+  plan); the correction is a generic reflection step (``reflection``) after which the
+  policy writes the corrected step itself; hints come from templates in ``conf/evolver/policy.yaml``
   keyed by fault type and tool; ``refine`` re-samples the policy at low temperature and
   proposes the samples that are correct and *shorter* than the shortest correct original
   (fewer calls, then fewer model-written characters). Interpretation (ours): the paper's
@@ -88,14 +89,27 @@ def _group_by_example(items: list[Item]) -> list[tuple[Example, list[Trajectory]
     return list(groups.values())
 
 
+DEFAULT_REFLECTION = "Wait, that step may be wrong. Let me look at it again and redo it."
+
+
 class PolicyEvolver(Evolver):
     name = "policy"
 
     def __init__(self, refine_samples: int = 4, refine_temperature: float = 0.3,
-                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
+                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT,
+                 reflection: str = DEFAULT_REFLECTION):
         super().__init__(hints, hint_format)
         self.refine_samples = refine_samples
         self.refine_temperature = refine_temperature
+        self.reflection = reflection
+
+    def corrections(self, items: list[Item], faults: list[Fault]) -> list[str]:
+        """Self-correction: a reflection step at the cut (written in the hint format, generic:
+        it says *that* the step is questioned, not *what* to do -- that is a hint); the
+        policy then writes the corrected step itself. Empty ``reflection``, or a cut before any
+        step (nothing to reflect on yet): plain re-generation."""
+        step = self.hint_format.format(hint=self.reflection) if self.reflection else ""
+        return [step if t.response_text[: f.pos].strip() else "" for (_, t), f in zip(items, faults)]
 
     def refine(self, items: list[Item], ctx: Any) -> list[Candidate]:
         groups = _group_by_example(items)

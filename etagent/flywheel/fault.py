@@ -6,16 +6,17 @@ continues from ``text[:pos]``) and a fault type that selects the hint template.
 Rules, first match wins:
 
 1. ``aborted``: the first tool call that failed (error, timeout, invalid, over budget);
-   cut right before that call (its reasoning is kept, the call is re-generated).
+   cut right after that call's result, so a hint or a reflection step follows what the
+   failed code actually returned (never placed before the code ran).
 2. ``format``: the first grammar violation before the answer (unknown tag, nested tag,
    orphan result ...); cut at the start of the segment that holds it.
 3. ``unfinished``: no ``<answer>`` (token or call budget ran out); cut after the last
    complete step so the continuation (which gets the extra call budget) can finish.
-4. ``insufficient``: fewer successful calls than needed; cut before the reasoning that
-   leads to ``<answer>``. "Needed" is exact on the synthetic world (``example.plan``);
-   on real benchmarks (no plan) it is the heuristic "a wrong answer given without any
-   tool call" (the paper: most wrong trajectories are fixed by more tool interaction),
-   or the behaviour label when the trajectory already carries one.
+4. ``insufficient``: a wrong answer given without any successful tool call (the paper:
+   most wrong trajectories are fixed by more tool interaction); cut before the reasoning
+   that leads to ``<answer>``. No oracle: only the trajectory and its tool results are
+   read, never ``example.plan`` nor plan-derived behaviour labels (those belong to
+   measurement and to ``flywheel=oracle_upper_bound``).
 5. ``erroneous``: otherwise the reasoning is wrong; cut before the final reasoning and
    answer (the paper's M3 judge would point at a step; the LLM evolver can do that).
 
@@ -60,7 +61,9 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
     # 1. first failed call: tool_calls are recorded in call order, one per call segment
     for i, call in enumerate(traj.tool_calls):
         if call.failed and i < len(steps):
-            return Fault(segs[steps[i].call].start, ABORTED, i)
+            st = steps[i]
+            end = segs[st.result].end if st.result is not None else segs[st.call].end
+            return Fault(end, ABORTED, i)
     if traj.tool_calls and len(traj.tool_calls) > len(steps) and any(c.failed for c in traj.tool_calls):
         return Fault(len(text), ABORTED, len(steps))  # call records without text: cut at the end
 
@@ -88,15 +91,7 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
     while k >= 0 and is_blank(segs[k]):
         k -= 1
     cut = segs[k].start if k >= 0 and segs[k].kind in (THINK, TEXT) else answer_start
-    needed = len(example.plan) if example.plan is not None else None
-    ok_calls = _successful_calls(traj)
-    label = traj.behaviour.get("insufficient") if traj.behaviour else None
-    if needed is not None:
-        insufficient = ok_calls < needed
-    elif label is not None:
-        insufficient = bool(label)
-    else:
-        insufficient = ok_calls == 0
+    insufficient = _successful_calls(traj) == 0
     return Fault(cut, INSUFFICIENT if insufficient else ERRONEOUS, len(steps))
 
 

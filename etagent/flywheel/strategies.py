@@ -4,9 +4,12 @@ Enhancement (applies to correct trajectories):
 
 * ``modify_redundancy`` — model-free: drop tool calls that repeat an earlier successful
   call (same kind + normalised query), that failed, or whose result contributes no new
-  salient token (number / content word) to any later model-written text; also drop the
+  salient token (:mod:`etagent.salient`) to any later model-written text; also drop the
   reasoning segment directly before a dropped call when none of its own tokens are used
-  later ("reasoning that only served it"). Repeats until nothing more can be dropped.
+  later ("reasoning that only served it"). For a failed call the reasoning before it is
+  kept (its retry needs it) and the follow-up reacting to the failure ("That failed. Let
+  me fix it.") goes instead, so the edit reads coherently. Repeats until nothing more can
+  be dropped.
 * ``global_refine`` — a shorter rewrite of the whole trajectory, delegated to the evolver
   (policy: low-temperature re-sampling, keep shorter verified; llm: prompted rewrite;
   oracle: minimal plan).
@@ -43,7 +46,7 @@ from etagent.flywheel.textops import (
     salient_tokens,
 )
 from etagent.flywheel.verify import Candidate, Verifier
-from etagent.protocol import RESULT, TOOL_TAGS
+from etagent.protocol import RESULT, TEXT, THINK, TOOL_TAGS
 from etagent.records import Example, Trajectory
 
 CORRECT, INCORRECT = "correct", "incorrect"
@@ -176,12 +179,26 @@ def remove_redundant(text: str, question: str, statuses: list[str] | None = None
             nxt = st.result + 1
             if nxt < len(view) and is_blank(view[nxt]):
                 drop.add(nxt)
-        if st.reasoning is not None:
+        end = st.result if st.result is not None else st.call
+
+        def spare(j: int) -> bool:  # never drop the last <think>: the format requires one
+            return view[j].kind != THINK or any(s.kind == THINK and k != j and k not in drop for k, s in enumerate(view))
+
+        if reason == "failed":
+            # the reasoning before a failed call is what its retry needs: keep it; drop the
+            # follow-up that reacts to the failure ("That failed. Let me fix it.") instead
+            nxt = end + 1
+            while nxt < len(view) and is_blank(view[nxt]):
+                nxt += 1
+            if nxt < len(view) and view[nxt].kind in (THINK, TEXT) and spare(nxt):
+                later = salient_tokens(" ".join(s.content for s in view[nxt + 1 :] if s.kind != RESULT))
+                if not ((salient_tokens(view[nxt].content) - q_tokens) & later):
+                    drop.update(range(end + 1, nxt + 1))
+        elif st.reasoning is not None:
             rs = view[st.reasoning]
-            end = st.result if st.result is not None else st.call
             later = salient_tokens(" ".join(s.content for s in view[end + 1 :] if s.kind != RESULT))
             own = salient_tokens(rs.content) - q_tokens - salient_tokens(segs[ci].content)
-            if not (own & later):
+            if not (own & later) and spare(st.reasoning):
                 drop.update(range(st.reasoning, st.call))
         removed.update(live[j] for j in drop)
         removals.append(Removal(call_ord[ci], segs[ci].kind, segs[ci].content, reason))
@@ -189,14 +206,33 @@ def remove_redundant(text: str, question: str, statuses: list[str] | None = None
     return new_text, removals
 
 
+def redundant_step_start(text: str, removal: Removal) -> int:
+    """Where the step of a removed call begins: its reasoning for a duplicate/unused call (that
+    reasoning only served it), the call itself for a failed one (the retry keeps the reasoning)."""
+    segs = protocol.parse(text).segments
+    steps = call_steps(segs)
+    st = steps[removal.call_index]
+    if removal.reason != "failed" and st.reasoning is not None:
+        return segs[st.reasoning].start
+    return segs[st.call].start
+
+
 class ModifyRedundancy(Strategy):
+    """Enhancement on correct trajectories: (a) the rule edit (redundant steps deleted,
+    verified with grounding); (b) the paper's mechanics: the trajectory is cut where the
+    first redundant step began (the step replaced by nothing leaner than "no call") and the
+    policy continues from there with the extra call budget; kept only when shorter."""
+
     name, target = "modify_redundancy", CORRECT
 
-    def __init__(self, remove_failed: bool = True):
+    def __init__(self, remove_failed: bool = True, continue_after_cut: bool = True):
         self.remove_failed = remove_failed
+        self.continue_after_cut = continue_after_cut
 
     def propose(self, items: list[Item], ctx: EvolveContext) -> list[Candidate]:
         out = []
+        todo: list[Item] = []
+        prefixes: list[str] = []
         for ex, traj in items:
             text, removals = remove_redundant(
                 traj.response_text, ex.question, [c.status for c in traj.tool_calls], self.remove_failed
@@ -206,8 +242,22 @@ class ModifyRedundancy(Strategy):
                 continue
             out.append(Candidate(
                 ex, traj, text, self.name, rank=cost(text), check_grounding=True,
-                meta={"round": ctx.round, "removed": [r.__dict__ for r in removals]},
+                meta={"round": ctx.round, "removed": [r.__dict__ for r in removals], "level": "rule"},
             ))
+            first = min(removals, key=lambda r: r.call_index)
+            todo.append((ex, traj))
+            prefixes.append(traj.response_text[: redundant_step_start(traj.response_text, first)])
+        if self.continue_after_cut and todo and ctx.engine is not None:
+            for (ex, traj), prefix, texts in zip(todo, prefixes, ctx.continue_from(todo, prefixes, self.name)):
+                seen = set()
+                for text in texts:
+                    key = normalise_response(text)
+                    if key in seen or cost(text) >= cost(traj.response_text):
+                        ctx.stats[f"{self.name}/continuation_not_shorter"] += 1
+                        continue
+                    seen.add(key)
+                    out.append(Candidate(ex, traj, text, self.name, rank=cost(text),
+                                         meta={"round": ctx.round, "level": "continue", "cut": len(prefix)}))
         return out
 
 
@@ -250,6 +300,7 @@ class _Reflect(Strategy):
                     ex, traj, text, self.name, rank=cost(text),
                     meta={"round": ctx.round, "fault": fault.kind, "fault_step": fault.step,
                           "inserted": ins, "evolver": getattr(ctx.evolver, "name", "")},
+                    kept_failures=protocol.parse(fault.prefix(traj.response_text)).num_calls,
                 ))
         return out
 

@@ -14,25 +14,7 @@ from dataclasses import dataclass
 from etagent import protocol
 from etagent.protocol import RESULT, TEXT, THINK, TOOL_TAGS, Segment
 
-_TOKEN_RE = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
-# why: function words appear everywhere, so they can never show that a result was used
-STOPWORDS = frozenset(
-    "the and for are was were has have had with that this from which who whom what when where how "
-    "its his her their our your not but all any can could would should will shall may might must "
-    "does did done then than there here into onto out about over under also only just very more "
-    "most some such each other one two let need now check answer result results python search "
-    "print import return true false none compute calculate find know first next step use using get "
-    "value number let need think should".split()
-)
-
-
-def salient_tokens(text: str) -> set[str]:
-    """Lower-cased words of 3+ letters (minus stop words) and all numbers in ``text``."""
-    out = set()
-    for tok in _TOKEN_RE.findall((text or "").lower()):
-        if tok[0].isdigit() or (len(tok) >= 3 and tok not in STOPWORDS):
-            out.add(tok)
-    return out
+from etagent.salient import STOPWORDS, salient_tokens  # noqa: F401 - the one shared notion
 
 
 def is_blank(seg: Segment) -> bool:

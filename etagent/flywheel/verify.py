@@ -6,7 +6,8 @@ For each candidate response text (an edit, a rewrite or a continuation):
    tolerated on input, since LLM rewrites may omit them; results are re-inserted);
 2. tools: every remaining call is re-executed with the real :class:`ToolSet`; its
    ``<result>`` block is replaced by the fresh one; a failed call rejects the candidate
-   (``allow_failed_calls``), and so does a fresh result that differs from the one the
+   (``allow_failed_calls``; a reflection on an aborted call may keep that call, which the
+   hint or reflection step reacts to: ``Candidate.kept_failures``), and so does a fresh result that differs from the one the
    text was conditioned on (``require_same_results``: the later reasoning would no longer
    follow from what the tool says);
 3. answer: re-extracted and re-graded; math must be correct, QA needs F1 >= ``min_correct``;
@@ -48,6 +49,9 @@ class Candidate:
     check_grounding: bool = False  # True for edits that only delete parts of the parent
     meta: dict[str, Any] = field(default_factory=dict)  # extra provenance (round, evolver, fault ...)
     key: str = ""  # sibling group; default parent id + strategy
+    # the first ``kept_failures`` calls may fail: a reflection on an aborted call keeps the
+    # failed call and its result before the hint / reflection step (that is what it reacts to)
+    kept_failures: int = 0
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -177,7 +181,7 @@ class Verifier:
                 if st.result is not None:
                     skip.update(range(i + 1, st.result))
                 tool_calls.append(ToolCall(s.kind, s.content, out, res.status, float(res.wall_s)))
-                failed += res.status != OK
+                failed += res.status != OK and len(tool_calls) > cand.kept_failures
         text = "".join(pieces)
         errs = protocol.validate(text)
         if errs:
