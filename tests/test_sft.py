@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +18,8 @@ from etagent.records import Trajectory
 from etagent.train import SFTConfig, TrainSequence, from_text, from_trajectory, train_sft, truncate
 from etagent.train.batching import collate, epoch_plan
 from etagent.train.checkpoint import list_checkpoints
+from etagent.report.report import truncation_warning
+from etagent.train.summary import sft_budget_summary
 from etagent.train.sft import LoraSettings, batch_nll_sum, masked_nll_sum, prepare_sequences
 
 ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128)
@@ -144,13 +148,16 @@ def test_masked_labels_do_not_change_loss_and_get_zero_gradient(tokenizer, seque
     captured = {}
 
     def hook(_module, _inputs, output):
-        output.register_hook(lambda g: captured.__setitem__("grad", g))
+        output.last_hidden_state.register_hook(lambda g: captured.__setitem__("grad", g))
 
-    handle = model.lm_head.register_forward_hook(hook)
+    handle = model.model.register_forward_hook(hook)
     loss = batch_nll_sum(model, batch, bf16=False)
     loss.backward()
     handle.remove()
-    grad = captured["grad"]  # d loss / d logits, [B, T, V]
+    grad = captured["grad"]  # d loss / d final hidden states, [B, T, H] (the head runs on trained rows only)
+    with torch.no_grad():  # same loss as the full-logits computation
+        full = masked_nll_sum(model(input_ids=batch.input_ids).logits, batch.input_ids, batch.loss_mask)
+    assert torch.allclose(loss.detach(), full, rtol=1e-5)
     predicts_trained = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
     predicts_trained[:, :-1] = batch.loss_mask[:, 1:].bool()  # logits[t] predict ids[t+1]
     assert torch.all(grad[~predicts_trained] == 0)  # prompt, tool results, pads, last position: exactly zero
@@ -266,19 +273,29 @@ def test_resume_refuses_changed_data(tokenizer, sequences, tmp_path):
         train_sft(_model(tokenizer), tokenizer, sequences, cfg, tmp_path)
 
 
-def test_time_budget_stops_cleanly_then_resume_finishes(tokenizer, sequences, tmp_path):
+def test_time_budget_stops_cleanly_then_resume_finishes(tokenizer, sequences, tmp_path, caplog):
     cfg = _cfg(epochs=2, max_minutes=1e-9)
     train_sft(_model(tokenizer), tokenizer, sequences, cfg, tmp_path)
     summary = json.loads((tmp_path / "final" / "sft_summary.json").read_text())
     assert summary["stopped"] == "time_budget" and summary["steps"] < summary["total_steps"] == 4
     assert list_checkpoints(tmp_path / "checkpoints")  # saved where it stopped
     load_policy(tmp_path / "final", device="cpu")  # a usable model even when cut short
+    # the pipeline's stage summary, log and report headline say the run is truncated
+    with caplog.at_level(logging.WARNING, logger="etagent"):
+        budget = sft_budget_summary(tmp_path / "final", "seed")
+    assert budget == {"steps": summary["steps"], "total_steps": 4, "stopped": "time_budget"}
+    assert "TRUNCATED" in caplog.text and f"step {summary['steps']} of 4" in caplog.text
+    warning = truncation_warning(SimpleNamespace(stages={"seed": {"summary": budget}, "world": {"summary": {}}}))
+    assert "truncated run" in warning and f"`seed` stopped at step {summary['steps']}/4" in warning
 
     rec = Recorder()
     model = train_sft(_model(tokenizer), tokenizer, sequences, _cfg(epochs=2), tmp_path, tracker=rec)
     summary = json.loads((tmp_path / "final" / "sft_summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["steps"] == 4 and rec.rows[-1]["step"] == 4
     assert rec.rows[-1]["epoch"] == pytest.approx(2.0)
+    done = sft_budget_summary(tmp_path / "final", "seed")
+    assert done["stopped"] == "completed"
+    assert truncation_warning(SimpleNamespace(stages={"seed": {"summary": done}})) is None
 
     # finished: a second call loads the result instead of training again
     again = Recorder()

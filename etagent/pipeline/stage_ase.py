@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from etagent.pipeline import components
 from etagent.pipeline.context import RunContext
+from etagent.train.summary import sft_budget_summary
 from etagent.utils.io import read_json
 
 
@@ -36,4 +37,5 @@ def run(ctx: RunContext) -> dict:
             include_unedited=bool(fcfg.get("include_unedited_correct", True)),
             dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
     info = read_json(adir / "ase_data.json") if (adir / "ase_data.json").exists() else {}
-    return {k: v for k, v in info.items() if isinstance(v, (int, float))}
+    out = {k: v for k, v in info.items() if isinstance(v, (int, float))}
+    return {**out, **sft_budget_summary(adir / "final", "ase")}

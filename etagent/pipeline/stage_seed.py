@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from etagent.pipeline import components
 from etagent.pipeline.context import RunContext
+from etagent.train.summary import sft_budget_summary
 from etagent.utils.io import read_jsonl_dicts
 
 
@@ -30,8 +31,5 @@ def run(ctx: RunContext) -> dict:
         ex = examples[row["example_id"]]
         seqs.append(from_text(tok, build_prompt_ids(tok, ex.question, system), row["response_text"]))
     cfg = components.sft_config(ctx, "seed")
-    stats = train_sft(model, tok, seqs, cfg, sdir, tracker=ctx.tracker, stage="seed", resume=True)
-    out = {"sequences": len(seqs)}
-    if isinstance(stats, dict):
-        out.update({k: v for k, v in stats.items() if isinstance(v, (int, float))})
-    return out
+    train_sft(model, tok, seqs, cfg, sdir, tracker=ctx.tracker, stage="seed", resume=True)
+    return {"sequences": len(seqs), **sft_budget_summary(sdir / "final", "seed")}

@@ -463,10 +463,23 @@ def _plots_section(made: Mapping[str, Path], run_dir: Path) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def truncation_warning(rd: RunData) -> str | None:
+    """A loud headline when a wall-clock safety cap cut a training stage short: its numbers
+    are then not those of the configured step budget, and need not reproduce elsewhere."""
+    cut = [(name, m["summary"]) for name, m in rd.stages.items()
+           if isinstance(m.get("summary"), Mapping) and m["summary"].get("stopped") == "time_budget"]
+    if not cut:
+        return None
+    what = "; ".join(f"`{name}` stopped at step {int(sm.get('steps', 0))}/{int(sm.get('total_steps', 0))}"
+                     for name, sm in cut)
+    return (f"> **WARNING: truncated run.** A wall-clock cap (`max_minutes`) fired: {what}. The results below "
+            "are not those of the configured step budget and need not reproduce on another machine.\n")
+
+
 def render_report(rd: RunData, made: Mapping[str, Path], baselines: Mapping[str, Mapping[str, Any]],
                   warnings: list[str]) -> str:
     title = rd.config.get("run_name") or "etagent"
-    parts = [f"# ET-Agent run report: {title}", "",
+    parts = [f"# ET-Agent run report: {title}", "", truncation_warning(rd),
              f"Run directory: `{rd.run_dir.name}`. Regenerate with `python -m etagent.report.report <run_dir>`.",
              "", what_changed(rd), "", _config_section(rd), _wall_section(rd), _metrics_section(rd, baselines, warnings),
              _rl_section(rd), _teacher_section(rd), _flywheel_section(rd), _plots_section(made, rd.run_dir)]

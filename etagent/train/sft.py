@@ -124,12 +124,33 @@ def masked_nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
     return F.cross_entropy(logits[:, :-1][sel].float(), input_ids[:, 1:][sel], reduction="sum")
 
 
+def _decoder_and_head(model):
+    """(decoder, output head) of a causal LM, through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return (decoder, head) if decoder is not None and head is not None else (None, None)
+
+
 def batch_nll_sum(model, batch: Batch, bf16: bool) -> torch.Tensor:
+    """Summed NLL of the trained labels; the output head runs on trained positions only.
+
+    Prompt and tool-result positions need hidden states (later tokens attend to them) but no
+    logits: projecting only the label positions skips most of the vocabulary matmul and its
+    backward (measured in experiments/bench/bench_sft.py). Falls back to full logits for a
+    model without the decoder/head split.
+    """
     device = batch.input_ids.device
+    decoder, head = _decoder_and_head(model)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         # No attention mask: batches are right-padded and attention is causal (batching.collate).
-        logits = model(input_ids=batch.input_ids, use_cache=False).logits
-    return masked_nll_sum(logits, batch.input_ids, batch.loss_mask)
+        if decoder is None:
+            logits = model(input_ids=batch.input_ids, use_cache=False).logits
+            return masked_nll_sum(logits, batch.input_ids, batch.loss_mask)
+        hidden = decoder(input_ids=batch.input_ids, use_cache=False).last_hidden_state
+        sel = batch.loss_mask[:, 1:].bool()
+        logits = head(hidden[:, :-1][sel])
+    return F.cross_entropy(logits.float(), batch.input_ids[:, 1:][sel], reduction="sum")
 
 
 def resolve_bf16(flag: Any, device: torch.device) -> bool:
