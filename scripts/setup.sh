@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot, idempotent set-up: creates .venv, installs the CPU torch wheel first
 # when no GPU is present (a loose torch spec would otherwise pull a multi-GB CUDA
-# build), then the package with its dev extras. Re-running is a no-op when
+# build), then the package with its dev and slurm extras (tests/test_launcher.py runs a
+# sweep through hydra-submitit-launcher). Re-running is a no-op when
 # pyproject.toml has not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,6 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   fi
 fi
-echo "[setup] installing etagent[dev] into $VENV"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+echo "[setup] installing etagent[dev,slurm] into $VENV"
+"$VENV/bin/python" -m pip install -q -e ".[dev,slurm]"
 echo "$WANT" > "$STAMP"
