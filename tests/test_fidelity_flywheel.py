@@ -163,3 +163,101 @@ def test_default_evolver_gives_the_same_output_without_plans(toolset, verifier):
     with_plan = run(MATH)
     without = run(dataclasses.replace(MATH, plan=None))
     assert with_plan == without and with_plan[0]
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+GUESS = "<think>About 50000.</think><answer>\\boxed{50000}</answer>"
+
+
+def test_rounds_compound_edits_of_edits(toolset, tmp_path):
+    import json
+
+    from etagent.flywheel.loop import FlywheelConfig, run_flywheel
+
+    def script(ex, prefix, k):
+        if prefix is None:  # fresh samples (and refine samples) guess
+            return GUESS
+        if prefix.endswith("</result>"):  # the policy continues after a cut redundant step
+            return "The product is 56088.<answer>\\boxed{56088}</answer>"
+        return DUP  # reflections succeed, but with a duplicate call
+
+    engine = FakeEngine(toolset, script)
+    cfg = FlywheelConfig(samples_per_question=1, max_rounds=2, continuations=1, stop_when_no_gain=False,
+                         strategies=["modify_redundancy", "hint_injection"])
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path)
+    by_id = {t.id: t for t in pool}
+    r1 = {t.id for t in pool if t.meta["round"] == 1 and t.meta["strategy"] == "hint_injection"}
+    r2 = [t for t in pool if t.meta["round"] == 2 and t.meta["strategy"] == "modify_redundancy"]
+    assert r1 and any(t.meta["parent_id"] in r1 for t in r2)  # round 2 edited round 1's edit
+    assert all(by_id[t.meta["parent_id"]].meta["round"] == 1 for t in r2 if t.meta["parent_id"] in by_id)
+    rows = json.loads((tmp_path / "rounds.json").read_text())
+    assert rows[0]["pool_parents"] == 0 and rows[1]["pool_parents"] >= 1
+    assert "| round | strategy | proposed | accepted | rejected | added | rejected by reason |" in \
+        (tmp_path / "rounds.md").read_text()
+
+
+def test_lucky_guesses_are_not_sft_data(toolset, tmp_path):
+    import json
+
+    from etagent.flywheel.loop import FlywheelConfig, run_flywheel
+
+    lucky = "<think>Probably 56088.</think><answer>\\boxed{56088}</answer>"
+    engine = FakeEngine(toolset, lambda ex, p, k: (lucky if k == 0 else GUESS) if p is None else GUESS)
+    cfg = FlywheelConfig(samples_per_question=3, max_rounds=1, strategies=[])
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path)
+    guess = next(t for t in pool if t.answer == "56088")
+    assert guess.correct == 1.0 and guess.meta["grounded"] is False  # 1 of 3 no-call answers right
+    (row,) = json.loads((tmp_path / "rounds.json").read_text())
+    assert row["sft_lucky_before"] == 1.0 and row["sft_lucky"] is None and row["sft_size"] == 0
+    # a question reliably answered without tools keeps its no-call answers
+    engine = FakeEngine(toolset, lambda ex, p, k: lucky)
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path / "b")
+    assert all(t.meta["grounded"] for t in pool)
+
+
+def test_finetune_between_rounds_is_wired(tmp_path, monkeypatch):
+    import contextlib
+
+    from etagent.pipeline import components, stage_flywheel
+    from etagent.pipeline.context import RunContext
+
+    from conftest import compose
+
+    cfg = compose(["flywheel.finetune_between_rounds=true"], run_dir=tmp_path)
+    ctx = RunContext(cfg, tmp_path, tracker=None)
+    ctx.policies = lambda: {"seed": tmp_path / "seed"}
+    synced, trained = [], []
+
+    class Backend:
+        tokenizer = CharTokenizer()
+
+        def generate(self, prefixes, params):
+            return []
+
+        def sync_weights(self, model):
+            synced.append(model)
+
+    def fake_ase(policy, selection, sft_cfg, out, **kw):
+        trained.append((str(policy), len(selection)))
+        (out / "final").mkdir(parents=True)
+        (out / "final" / "config.json").write_text("{}")
+        return str(out / "final")
+
+    def fake_flywheel(engine, train, fcfg, fdir, finetune_fn=None, **kw):
+        assert finetune_fn is not None
+        finetune_fn([make_traj(MATH, DUP)], 1)
+        finetune_fn([make_traj(MATH, DUP)], 2)
+        return []
+
+    monkeypatch.setattr(components, "load_split", lambda ctx, split: [MATH])
+    monkeypatch.setattr(components, "make_toolset", lambda ctx: contextlib.nullcontext(None))
+    monkeypatch.setattr(components, "policy_backend", lambda ctx, path: (Backend(), None))
+    monkeypatch.setattr(components, "load_policy", lambda ctx, path: (f"model@{path}", None))
+    monkeypatch.setattr("etagent.flywheel.ase.run_ase", fake_ase)
+    monkeypatch.setattr("etagent.flywheel.loop.run_flywheel", fake_flywheel)
+    stage_flywheel.run(ctx)
+    fdir = tmp_path / "flywheel"
+    assert trained == [(str(tmp_path / "seed"), 1), (str(fdir / "finetune_round_1" / "final"), 1)]  # compounding policy
+    assert synced == [f"model@{fdir / 'finetune_round_1' / 'final'}", f"model@{fdir / 'finetune_round_2' / 'final'}"]

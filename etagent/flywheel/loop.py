@@ -13,6 +13,17 @@ Persistence: after each round, ``round_<r>.jsonl`` (the trajectories the round a
 re-loads finished rounds and continues with the next one. Final outputs: ``pool.jsonl``,
 ``sft.jsonl`` (the selection), ``rounds.{json,md,png}``.
 
+Compounding: each round's parents are its fresh samples *and* the edits the previous
+round accepted (the official code re-selects from its buffer), so a self-corrected
+trajectory can be enhanced next round and an enhanced one refined further
+(``pool_parents`` in the round table).
+
+SFT selection does not reward lucky guesses: unedited samples carry ``meta['grounded']``
+(:func:`etagent.flywheel.pool.answer_grounded`) and ungrounded ones are not selected; the
+round table reports the share of selected no-tool answers on questions whose plan needs a
+tool without (``sft_lucky_before``) and with (``sft_lucky``) that check -- plans are read
+for this measurement only, never by the evolver.
+
 Departures from the official flywheel (method-spec §3): evolution is per round over all
 samples instead of up to 5 sequential attempts per question; every kept edit is verified;
 ``flywheel=none`` means "keep correct samples only" (rejection sampling), the baseline
@@ -32,7 +43,7 @@ from typing import Any, Callable
 
 from etagent.behaviour import label_behaviour
 from etagent.flywheel.evolvers import Evolver, PolicyEvolver
-from etagent.flywheel.pool import SAMPLE, Pool
+from etagent.flywheel.pool import SAMPLE, Pool, answer_grounded
 from etagent.flywheel.report import behaviour_rates, write_round_report
 from etagent.flywheel.strategies import CORRECT, STRATEGIES, EvolveContext, build_strategies
 from etagent.flywheel.verify import Verifier
@@ -103,16 +114,37 @@ def _pick_questions(examples: list[Example], k: int | None, seed: int, round_: i
     return random.Random(seed * 1000 + round_).sample(list(examples), k)
 
 
+def _policy(engine: Any, cfg: FlywheelConfig):
+    """The engine's grading policy with the flywheel's success threshold (``min_correct``,
+    which defaults to ``grading.qa_threshold``)."""
+    from etagent import grading
+
+    p = grading.policy_of(getattr(engine, "grader", None))
+    return grading.GradingPolicy(p.qa_metric, cfg.min_correct, p.math_judge)
+
+
 def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
     """Verifier wired to the engine's tools, tokenizer and grader."""
+    from functools import partial
+
     from etagent import grading
 
     return Verifier(
         engine.toolset, engine.backend.tokenizer, getattr(engine, "grader", grading.grade),
         min_correct=cfg.min_correct, require_same_results=cfg.require_same_results,
         allow_failed_calls=cfg.allow_failed_calls, max_result_chars=getattr(engine, "max_result_chars", None),
-        result_sep=getattr(engine, "result_sep", ""), label_fn=label_behaviour,
+        result_sep=getattr(engine, "result_sep", ""), label_fn=partial(label_behaviour, policy=_policy(engine, cfg)),
     )
+
+
+def lucky_share(trajs: list[Trajectory], by_id: dict[str, Example]) -> float | None:
+    """Measurement only (reads plans): share of trajectories that answer without any
+    successful call a question whose plan needs a tool (None without such plans)."""
+    known = [t for t in trajs if by_id.get(t.example_id) is not None and by_id[t.example_id].plan is not None]
+    if not known:
+        return None
+    lucky = [t for t in known if by_id[t.example_id].plan and not any(not c.failed for c in t.tool_calls)]
+    return round(len(lucky) / len(known), 4)
 
 
 def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | Path, tracker: Any = None,
@@ -133,6 +165,7 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
     verifier = verifier or build_verifier(engine, cfg)
     strategies = build_strategies(cfg.strategies)
     by_id = {e.id: e for e in examples}
+    policy = _policy(engine, cfg)
 
     pool, rows, start, stopped, finetuned_after = Pool(), [], 1, None, 0
     state_path = out / "state.json"
@@ -169,11 +202,20 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
             s.meta["rollout_strategy"] = s.meta.get("strategy")  # the engine's (standard|branching)
             s.meta.update(round=r, strategy=SAMPLE, parent_id=None)
             if not s.behaviour:
-                s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id]))
+                s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id], policy=policy))
+            ex = by_id[s.example_id]
+            s.meta["grounded"] = answer_grounded(s, ex.question, groups[s.example_id],
+                                                 lambda t, ex=ex: verifier.is_correct(ex, t.correct))
         split = {CORRECT: [], "incorrect": []}
         for s in samples:
             ok = not s.format_errors and verifier.is_correct(by_id[s.example_id], s.correct)
             split[CORRECT if ok else "incorrect"].append((by_id[s.example_id], s))
+        # compounding: the edits the previous round accepted are parents again (the official
+        # flywheel re-selects from its buffer), so an edit can be edited further
+        frontier = [t for t in pool.trajectories if t.meta.get("round") == r - 1 and t.meta.get("strategy") != SAMPLE
+                    and t.example_id in by_id and not t.format_errors
+                    and verifier.is_correct(by_id[t.example_id], t.correct)]
+        split[CORRECT].extend((by_id[t.example_id], t) for t in frontier)
 
         added: list[Trajectory] = [s for s in samples if pool.add(s)]
         stats: dict[str, Counter] = {st.name: Counter() for st in strategies}
@@ -205,7 +247,7 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
         sel = _select(pool, cfg)
         trajs = pool.trajectories
         row = {
-            "round": r, "questions": len(qs), "samples": len(samples),
+            "round": r, "questions": len(qs), "samples": len(samples), "pool_parents": len(frontier),
             "sample_correct": _mean([float(verifier.is_correct(by_id[s.example_id], s.correct)) for s in samples]),
             "sample_mean_calls": _mean([s.num_calls for s in samples]),
             **behaviour_rates(samples, "sample_"),
@@ -217,6 +259,9 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
             "pool_mean_calls": _mean([t.num_calls for t in trajs]),
             **behaviour_rates(trajs, "pool_"),
             "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
+            # no-tool answers to tool-needing questions in the SFT data, without / with grounding
+            "sft_lucky_before": lucky_share(_select(pool, cfg, require_grounded=False), by_id),
+            "sft_lucky": lucky_share(sel, by_id),
             "wall_s": round(time.time() - t0, 2),
             "strategies": {k: {**dict(v), "rejected_by": dict(rejected_by[k])} for k, v in stats.items()},
             "stats": dict(ctx.stats),
@@ -242,8 +287,8 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
     return pool
 
 
-def _select(pool: Pool, cfg: FlywheelConfig) -> list[Trajectory]:
-    return pool.select(cfg.max_per_question, cfg.min_correct, cfg.include_unedited_correct)
+def _select(pool: Pool, cfg: FlywheelConfig, require_grounded: bool = True) -> list[Trajectory]:
+    return pool.select(cfg.max_per_question, cfg.min_correct, cfg.include_unedited_correct, require_grounded)
 
 
 def select_sft(pool: Pool, cfg: Any) -> list[Trajectory]:

@@ -20,6 +20,25 @@ SAMPLE = "sample"
 PROVENANCE_KEYS = ("round", "strategy", "parent_id")
 
 
+def answer_grounded(traj: Trajectory, question: str, group: list[Trajectory], is_correct) -> bool:
+    """Grounding check of an unedited sample (edits are checked against their parent's tool
+    results by the verifier; a sample has no parent). An answer whose salient tokens
+    (:mod:`etagent.salient`) all occur in the question, or a sample with a successful call
+    (its answer comes from, or is computed from, its results), is grounded. A sample without
+    any successful call is grounded only when the no-call samples of its group are mostly
+    correct (a strict majority: the question is reliably answered without tools), so a lone
+    correct no-call answer among wrong siblings -- a lucky guess -- is not SFT data."""
+    from etagent.salient import salient_tokens
+
+    if not (salient_tokens(traj.answer or "") - salient_tokens(question)):
+        return True
+    if any(not c.failed for c in traj.tool_calls):
+        return True
+    no_call = [t for t in group if not any(not c.failed for c in t.tool_calls)]
+    right = sum(1 for t in no_call if is_correct(t))
+    return 2 * right > len(no_call)
+
+
 class Pool:
     def __init__(self, trajectories: Iterable[Trajectory] = ()):
         self._items: list[Trajectory] = []
@@ -58,14 +77,17 @@ class Pool:
 
     # ------------------------------------------------------------------ selection
     def select(self, max_per_question: int | None = None, min_correct: float = 0.8,
-               include_unedited: bool = True) -> list[Trajectory]:
-        """SFT data: correct (score >= ``min_correct``; math scores are 0/1, QA is F1) and
-        format-valid trajectories, best first per question."""
+               include_unedited: bool = True, require_grounded: bool = True) -> list[Trajectory]:
+        """SFT data: correct (score >= ``min_correct``; math scores are 0/1, QA is F1),
+        format-valid and grounded (``meta['grounded']`` not False: unedited samples pass the
+        loop's grounding check, see :func:`answer_grounded`) trajectories, best first per question."""
         by_q: dict[str, list[Trajectory]] = defaultdict(list)
         for t in self._items:
             if t.correct < min_correct or t.format_errors:
                 continue
             if not include_unedited and t.meta.get("strategy") == SAMPLE:
+                continue
+            if require_grounded and t.meta.get("grounded") is False:
                 continue
             by_q[t.example_id].append(t)
         out: list[Trajectory] = []

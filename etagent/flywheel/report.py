@@ -15,9 +15,9 @@ from etagent.evaluation.metrics import FLAWS as BEHAVIOURS
 from etagent.utils.io import atomic_write_json, atomic_write_text
 
 TABLE_COLUMNS = (
-    "round", "questions", "samples", "sample_correct", "sample_mean_calls",
+    "round", "questions", "samples", "pool_parents", "sample_correct", "sample_mean_calls",
     "accepted", "rejected", "added", "pool_size", "pool_correct", "pool_mean_calls",
-    *(f"pool_{b}" for b in BEHAVIOURS), "sft_size", "wall_s",
+    *(f"pool_{b}" for b in BEHAVIOURS), "sft_size", "sft_lucky_before", "sft_lucky", "wall_s",
 )
 
 
@@ -26,7 +26,7 @@ def behaviour_rates(trajs: Iterable[Any], prefix: str = "") -> dict[str, float |
     trajs = list(trajs)
     out: dict[str, float | None] = {}
     for b in BEHAVIOURS:
-        vals = [bool(t.behaviour[b]) for t in trajs if t.behaviour and b in t.behaviour]
+        vals = [bool(t.behaviour[b]) for t in trajs if t.behaviour and t.behaviour.get(b) is not None]
         out[f"{prefix}{b}"] = round(sum(vals) / len(vals), 4) if vals else None
     return out
 
