@@ -3,6 +3,13 @@
 Policies are evaluated in pipeline order (seed, ase, rl_stage_1, ...; ``base`` for a
 pretrained model). Each policy's result is written on its own and skipped on resume,
 so an interrupted evaluation continues with the next policy.
+
+Grading is the run's :class:`etagent.grading.GradingPolicy` with ``eval.qa_metric``.
+``judge=llm``: math equivalence is decided by the LLM judge (the paper's Qwen2.5-72B role;
+``judge.backend: null`` = the evaluated policy's own backend) and, with
+``eval.concise_judge=true``, conciseness too (``conciseness_judge``; the rule-based
+``conciseness`` stays); judge statistics land in ``metrics.json['judge']``. Departure: the
+default (``judge=none``) grades math with math-verify, not an LLM.
 """
 
 from __future__ import annotations
