@@ -190,7 +190,7 @@ class Verifier:
             return Verdict(cand, TOOL_FAILED, detail=f"{failed} call(s) failed on re-execution")
         if changed and self.require_same_results:
             return Verdict(cand, RESULT_CHANGED, detail=f"{changed} result(s) differ on re-execution")
-        answer = grading.extract_answer(text)
+        answer = grading.block_answer(text)  # the same answer-block-only credit as the rollout engine
         score = float(self.grader(cand.example, answer))
         if not self.is_correct(cand.example, score):
             return Verdict(cand, INCORRECT, detail=f"answer {answer!r} scores {score:.2f}")
