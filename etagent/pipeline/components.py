@@ -77,9 +77,16 @@ def make_toolset(ctx: RunContext):
     corpus = ctx.world_dir / "corpus.jsonl"
     search = tools_cfg.get("search") if isinstance(tools_cfg, dict) else None
     if isinstance(search, dict) and corpus.exists() and "corpus_path" in search:
-        search["corpus_path"] = str(corpus)
-        if "cache_path" in search and search.get("cache_path"):
-            search["cache_path"] = str(ctx.world_dir / "search_cache.sqlite")
+        configured = str(search.get("corpus_path") or "")
+        if configured in ("", "${paths.run_dir}/world/corpus.jsonl") or Path(configured) == corpus:
+            search["corpus_path"] = str(corpus)  # the default: this run's world (also after init_from/resume)
+            if "cache_path" in search and search.get("cache_path"):
+                search["cache_path"] = str(ctx.world_dir / "search_cache.sqlite")
+        else:  # an explicit corpus is honoured, never silently replaced by the world's
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "tools.search.corpus_path=%s is used instead of the task's corpus %s", configured, corpus)
     node = OmegaConf.create(tools_cfg)
     node._set_parent(ctx.cfg)  # keep ${...} interpolations resolvable against the root
     return build_toolset(node)

@@ -30,6 +30,11 @@ def run(ctx: RunContext) -> dict:
     for row in read_jsonl_dicts(wdir / "teacher.jsonl"):
         ex = examples[row["example_id"]]
         seqs.append(from_text(tok, build_prompt_ids(tok, ex.question, system), row["response_text"]))
+    if not seqs:  # task=jsonl without task.trajectories_path: nothing to imitate, the seed is the base model
+        import shutil
+
+        shutil.copytree(wdir / "model_init", sdir / "final", dirs_exist_ok=True)
+        return {"sequences": 0, "seed": "base model (no trajectories to imitate)"}
     cfg = components.sft_config(ctx, "seed")
     train_sft(model, tok, seqs, cfg, sdir, tracker=ctx.tracker, stage="seed", resume=True)
     return {"sequences": len(seqs), **sft_budget_summary(sdir / "final", "seed")}

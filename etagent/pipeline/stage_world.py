@@ -42,7 +42,8 @@ def run(ctx: RunContext) -> dict:
     train = components.load_split(ctx, "train")
     teacher_file = wdir / "teacher.jsonl"
     if not teacher_file.exists():
-        teacher = build(cfg.seed_agent, "seed_agent")
+        # a user task (task=jsonl) brings its own demonstrations: the flawed teacher needs tool plans
+        teacher = task.seed_agent() if hasattr(task, "seed_agent") else build(cfg.seed_agent, "seed_agent")
         with components.make_toolset(ctx) as toolset:
             texts = teacher.write(train, toolset)
         atomic_write_text(teacher_file, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))

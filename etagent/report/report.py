@@ -491,11 +491,11 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``<run_dir>/report.md`` (+ ``plots/*.png``); returns the report path."""
     rd = load_run(run_dir)
     baselines, warnings = load_baselines(rd)
-    made = make_plots(rd, baselines, rd.run_dir / PLOTS_DIR)
-    if rd.policies:  # the tidy tables: results.{parquet,csv}, questions.{parquet,csv}
+    if rd.policies:  # the tidy tables first (results.{parquet,csv}, questions.{parquet,csv}): plots read them
         from etagent.report.results import write_run_results
 
         write_run_results(rd.run_dir)
+    made = make_plots(rd, baselines, rd.run_dir / PLOTS_DIR)
     path = rd.run_dir / "report.md"
     atomic_write_text(path, render_report(rd, made, baselines, warnings))
     return path
