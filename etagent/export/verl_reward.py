@@ -6,10 +6,12 @@ and calls one of:
 * :func:`compute_score` -- ``custom_reward_function.name=compute_score`` with the
   ``naive`` (per-sample) reward manager. One rollout alone has no group, so its score is
   the ``reward=correctness`` baseline: ``correctness + format_penalty`` (both shaping
-  factors are 1 at the mean of a group of one). Use it for validation, or with the
-  ``batch`` manager below for training.
+  factors are 1 at the mean of a group of one). verl 0.9.1 (per-sample reward loop only):
+  train with it and ``algorithm.adv_estimator=etagent`` (:mod:`etagent.export.verl_plugin`),
+  which shapes the components it returns within each group; tested against verl itself.
 * :func:`compute_score_batch` -- ``custom_reward_function.name=compute_score_batch`` with
-  ``reward_model.reward_manager=batch``: scores every rollout of the batch, groups them by
+  ``reward_model.reward_manager=batch`` (older verl releases that have a batch manager; 0.9.1
+  has none): scores every rollout of the batch, groups them by
   ``extra_info.index`` (the n rollouts of one prompt share it) and applies the
   group-relative ET-Agent shaping (:func:`shape_group_scores`).
 * :func:`shape_group_scores` -- the shaping alone over component dicts/arrays (for a custom
