@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import math
-import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -337,20 +336,32 @@ def pareto_fronts(stages: Mapping[str, Mapping[str, Any]], path: str | Path, tit
     for ax, (stage, d) in zip(axes, stages.items()):
         xs, ys = d["var_calls"], d["var_correct"]
         front, sel = d["front"], d["selected"]
-        # identical points are common (e.g. many all-wrong groups at 0, 0): jitter only the drawing
-        span = max(max(xs) - min(xs), max(ys) - min(ys), 1e-3)
-        jit = [((zlib.crc32(str(i).encode()) % 997) / 997 - 0.5) * 0.015 * span for i in d["ids"]]  # deterministic
-        other = [k for k in range(len(xs)) if not sel[k]]
-        chosen = [k for k in range(len(xs)) if sel[k]]
-        ax.scatter([xs[k] + jit[k] for k in other], [ys[k] + jit[k] for k in other], s=16, c="lightgrey",
-                   edgecolors="grey", linewidths=0.5, label=f"not selected ({len(other)})")
-        ax.scatter([xs[k] + jit[k] for k in chosen], [ys[k] + jit[k] for k in chosen], s=26, c="tab:orange",
-                   edgecolors="black", linewidths=0.5,
-                   label=f"{'trained on (fallback: all)' if d.get('fallback') else 'selected'} ({len(chosen)})")
-        f0 = sorted((xs[k], ys[k]) for k in range(len(xs)) if front[k] == 0)
+        # identical points are common (e.g. every all-wrong group at 0, 0): one marker per distinct
+        # point and status, its area growing with the count, the count written beside it
+        groups: dict[tuple[float, float, bool], int] = {}
+        for k in range(len(xs)):
+            key = (round(xs[k], 9), round(ys[k], 9), bool(sel[k]))
+            groups[key] = groups.get(key, 0) + 1
+        for chosen, style in ((False, dict(c="lightgrey", edgecolors="grey")),
+                              (True, dict(c="tab:orange", edgecolors="black"))):
+            pts = [(x, y, n) for (x, y, c), n in groups.items() if c == chosen]
+            n_all = sum(n for *_, n in pts)
+            label = ("trained on (fallback: all)" if d.get("fallback") else "selected") if chosen else "not selected"
+            if pts:
+                ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], s=[18 + 10 * (n - 1) for *_, n in pts],
+                           linewidths=0.6, label=f"{label} ({n_all})", zorder=3 if chosen else 2, **style)
+                for x, y, n in pts:
+                    if n > 1:
+                        ax.annotate(f"x{n}", (x, y), xytext=(4, 3) if chosen else (4, -9), textcoords="offset points",
+                                    fontsize=6, color="black" if chosen else "grey")
+        f0 = sorted({(xs[k], ys[k]) for k in range(len(xs)) if front[k] == 0})
         if f0:
             fx, fy = zip(*f0)
-            ax.step(fx, fy, where="pre", color="tab:blue", linewidth=1.2, label="front 1 (non-dominated)")
+            ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="tab:blue", linewidths=1.2, zorder=4,
+                       label="front 1 (non-dominated)")
+            if len(f0) > 1:
+                ax.step(fx, fy, where="pre", color="tab:blue", linewidth=1.0)
+        ax.margins(0.12)
         ax.set_title(f"{stage} ({len(xs)} questions)", fontsize=10)
         ax.set_xlabel("variance of tool calls over K rollouts", fontsize=8)
         ax.set_ylabel("variance of correctness over K rollouts", fontsize=8)
