@@ -130,6 +130,7 @@ def _run(tmp_path: Path, name: str, extra: list[str]) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~3 min on an idle 2-core machine; far more while other jobs run
 def test_whole_pipeline_on_a_40_row_user_file(tmp_path: Path):
     demos = user_files(tmp_path)["demos"]
     r = _run(tmp_path, "run", [f"task.trajectories_path={demos}"])
@@ -154,6 +155,7 @@ def test_whole_pipeline_on_a_40_row_user_file(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_without_trajectories_the_seed_is_the_base_model(tmp_path: Path):
     r = _run(tmp_path, "run", ["stages=[world,seed]"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
