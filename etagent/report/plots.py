@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from etagent.evaluation.metrics import FLAWS
 from etagent.utils.io import atomic_write_bytes
@@ -117,7 +118,7 @@ _PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
     ("length", "model tokens / rollout", (("model_tokens_mean", "tokens", "-"),)),
     ("KL to reference", "KL (per token)", (("kl", "k3 KL", "-"), ("ppo_kl", "KL to old policy", "--"))),
     ("entropy", "entropy (nats / token)", (("entropy", "entropy", "-"),)),
-    ("clip fraction", "share of tokens clipped", (("clip_frac", "clip fraction", "-"),
+    ("clip fraction", "share (tokens clipped / rollouts)", (("clip_frac", "clip fraction", "-"),
                                                   ("format_error_rate", "format errors", "--"))),
     ("behaviour rates", "share of rollouts", (("redundant_rate", "redundant", "-"),
                                               ("insufficient_rate", "insufficient", "-"),
@@ -179,6 +180,7 @@ def rl_curves(series: Mapping[str, Mapping[str, Points]], path: str | Path, titl
                     ax.plot(xs, ys, style, color=colors[li % len(colors)], linewidth=1.3, marker=".",
                             markersize=3, label=label if si == 0 else None)
         _stage_bounds(ax, series, offsets)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
