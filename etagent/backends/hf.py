@@ -46,6 +46,7 @@ fed tokens that came from a state / were prefilled.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import time
 from dataclasses import dataclass
@@ -168,6 +169,12 @@ class HFBackend(GenerationBackend):
             window = max((len(s.encode("utf-8")) for s in stops if s), default=0) + 1
             self._stop_cache[stops] = (flags.to(self.device), window)
         return self._stop_cache[stops]
+
+    def _cache_arg(self, cache) -> dict:
+        """The KV cache keyword of this model's forward: ``cache`` in recent transformers,
+        ``past_key_values`` before the rename (e.g. the <5.11 that verl 0.9.1 pins)."""
+        params = inspect.signature(self.model.forward).parameters
+        return {"cache" if "cache" in params else "past_key_values": cache}
 
     def _new_cache(self, max_len: int):
         from transformers import DynamicCache, StaticCache
@@ -307,8 +314,8 @@ class HFBackend(GenerationBackend):
                         k[b, :, P - len(e.ids) :] = e.keys[li]
                         v[b, :, P - len(e.ids) :] = e.values[li]
                 cache.update(k, v, li)
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True,
-                            logits_to_keep=1).logits[:, -1, :]
+        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, **self._cache_arg(cache),
+                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
         if int(cache.get_seq_length()) != P + S:  # a model that takes the cache under another name ignores ours
             raise RuntimeError(f"HFBackend: {type(self.model).__name__} did not fill the KV cache passed as `cache=`")
         self.stats["prefill_tokens"] += sum(len(x) for x in sufs)
@@ -359,7 +366,7 @@ class HFBackend(GenerationBackend):
                 slots = [slots[s] for s in live]
             attn = torch.cat([attn, attn.new_ones((len(slots), 1))], dim=1)
             logits = self.model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
-                                cache=cache, use_cache=True).logits[:, -1, :]
+                                **self._cache_arg(cache), use_cache=True).logits[:, -1, :]
             next_pos = next_pos + 1
             self.stats["steps"] += 1
         self.stats["forward_s"] += time.perf_counter() - t0
