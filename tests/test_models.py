@@ -50,7 +50,7 @@ def test_tags_are_atomic_and_survive_decode(tokenizer):
         # skip_special_tokens must not drop protocol tags (parsing decoded ids relies on them)
         assert tokenizer.decode(ids, skip_special_tokens=True) == tag
     digits = tokenizer.convert_ids_to_tokens(tokenizer.encode("98765", add_special_tokens=False))
-    assert digits == list("98765")  # one token per digit
+    assert digits == ["987", "65"]  # chunks of at most three digits (the copy rule below)
 
 
 def test_prompt_is_chatml(tokenizer):
@@ -115,3 +115,47 @@ def test_model_configs_compose(name, kind, path):
     assert isinstance(spec, ModelSpec) and spec.kind == kind and spec.path == path and spec.name == name
     assert spec.use_system_prompt == (kind == "pretrained")
     assert spec.dtype == ("bfloat16" if kind == "pretrained" else "float32")
+
+
+# ----------------------------------------------------------------- the copy rule (issue 12)
+
+
+def _copy_rule_tok():
+    texts = ["Where was Zorvan Kell born? Zorvan Kell was born in Tavel in 1950.", "What is 12 * 34?"] * 10
+    return build_tokenizer(texts, vocab_size=300, atomic_words=["Zorvan", "Kell", "Tavel"])
+
+
+def test_name_words_are_one_id_wherever_they_appear():
+    tok = _copy_rule_tok()
+    ids = {w: tok.convert_tokens_to_ids(w) for w in ("Zorvan", "Kell", "Tavel")}
+    for text in ("Where was Zorvan Kell born?", "<search>Zorvan Kell</search>", "\\boxed{Zorvan Kell}",
+                 "(Zorvan Kell)", "Zorvan Kell.", "born in Tavel in"):
+        got = tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+        for w in ("Zorvan", "Kell", "Tavel"):
+            if w in text:
+                assert w in got, (text, got)  # the bare word, never a space-prefixed variant
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    # whole words only: a longer word that contains a name is not split around it
+    assert "Zorvan" not in tok.convert_ids_to_tokens(tok.encode("Zorvanix", add_special_tokens=False))
+    assert len(set(ids.values())) == 3
+
+
+def test_numbers_are_chunks_of_at_most_three_digits_left_to_right():
+    tok = _copy_rule_tok()
+
+    def pieces(text):
+        return tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+
+    assert pieces("906528") == ["906", "528"]
+    assert pieces("1991") == ["199", "1"]
+    assert pieces("7") == ["7"]
+    # chunks never seen in training are still single ids (the table is complete)
+    assert pieces("857") == ["857"] and pieces("000") == ["000"]
+    # the same chunks in a question, in code, in a result and in an answer
+    chunks = ["906", "528"]
+    for text in ("What is 906528?", "print(906528)", "<result>\n906528\n</result>", "\\boxed{906528}"):
+        got = pieces(text)
+        i = got.index("906")
+        assert got[i : i + 2] == chunks, (text, got)
+    with pytest.raises(ValueError, match="digit_chunk"):
+        build_tokenizer(["x"], vocab_size=300, digit_chunk=0)

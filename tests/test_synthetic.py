@@ -201,3 +201,21 @@ def test_config_file_instantiates(tmp_path):
     task = instantiate(cfg.task)
     assert isinstance(task, SyntheticTask) and task.corpus_path == str(tmp_path / "world" / "corpus.jsonl")
     assert task.sizes == {"train": 6000, "dev": 200, "test": 300}
+
+
+def test_recall_table_size_is_configurable():
+    import re
+
+    from etagent.data.synthetic import math_tasks
+
+    assert len(math_tasks.recall_facts()) == 8 * 8 + 9 * 9
+    assert len(math_tasks.recall_facts(5)) == 4 * 4 + 5 * 5
+    with pytest.raises(ValueError, match="recall_max_operand"):
+        math_tasks.recall_facts(10)
+    small = SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10, recall_max_operand=5,
+                          world={"n_people": 40, "n_famous": 4, "n_cities": 10, "n_countries": 4})
+    recall = [e for split in ("train", "dev", "test") for e in small.load(split) if e.meta["type"] == "math_recall"]
+    assert recall and all(max(map(int, re.findall(r"\d+", e.question))) <= 5 for e in recall)
+    assert small.fingerprint() != SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10,
+                                                world={"n_people": 40, "n_famous": 4, "n_cities": 10,
+                                                       "n_countries": 4}).fingerprint()

@@ -71,12 +71,18 @@ def copy_question(rng: random.Random) -> Candidate:
     return Candidate("math_copy", MATH, rng.choice(_COPY).format(n=n), (str(n),), (), {"op": "copy"})
 
 
-def recall_facts() -> list[RecallFact]:
-    """Single-digit products (2..9) and sums (1..9), each with 5 paraphrases."""
+def recall_facts(max_operand: int = 9) -> list[RecallFact]:
+    """Products (operands 2..max_operand) and sums (1..max_operand), each with 5 paraphrases.
+
+    ``max_operand`` sizes the table a model must memorise (9: the full single-digit table,
+    145 facts; 5: 41 facts, each seen about 3.5x as often in training).
+    """
+    if not 2 <= max_operand <= 9:
+        raise ValueError(f"task.recall_max_operand must be in 2..9, got {max_operand}")
     facts: list[RecallFact] = []
     for op, templates, lo, fn in (("mul", _MUL, 2, lambda a, b: a * b), ("add", _ADD, 1, lambda a, b: a + b)):
-        for a in range(lo, 10):
-            for b in range(lo, 10):
+        for a in range(lo, max_operand + 1):
+            for b in range(lo, max_operand + 1):
                 value = fn(a, b)
 
                 def make(q: str, value: int = value, op: str = op) -> Candidate:

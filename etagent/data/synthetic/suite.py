@@ -81,6 +81,7 @@ class SyntheticTask:
         world: Mapping[str, Any] | None = None,
         out_dir: str | None = None,
         corpus_path: str | None = None,
+        recall_max_operand: int = 9,
     ) -> None:
         self.name = name
         self.seed = int(seed)
@@ -93,6 +94,7 @@ class SyntheticTask:
         if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError(f"task.mix: shares must be >= 0 with a positive sum, got {self.mix}")
         self.world_cfg = _plain(world, DEFAULT_WORLD, "world")
+        self.recall_max_operand = int(recall_max_operand)
         self.out_dir = str(out_dir) if out_dir else None
         self._corpus_path = str(corpus_path) if corpus_path else None
         self._world: World | None = None
@@ -131,7 +133,7 @@ class SyntheticTask:
 
     def fingerprint(self) -> str:
         spec = {"v": _FORMAT_VERSION, "name": self.name, "seed": self.seed, "sizes": self.sizes,
-                "mix": self.mix, "world": self.world_cfg}
+                "mix": self.mix, "world": self.world_cfg, "recall_max_operand": self.recall_max_operand}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
     def write(self, out_dir: str | None = None) -> dict[str, str]:
@@ -166,7 +168,7 @@ class SyntheticTask:
         if self._examples is not None:
             return self._examples
         kq = KnowledgeQuestions(self.world)
-        recall: dict[str, list[RecallFact]] = {"math_recall": math_tasks.recall_facts(),
+        recall: dict[str, list[RecallFact]] = {"math_recall": math_tasks.recall_facts(self.recall_max_operand),
                                                "qa_recall": kq.recall_facts(self.seed)}
         fresh: dict[str, Callable[[random.Random], Candidate]] = {
             "math_tool": math_tasks.tool_question, "math_copy": math_tasks.copy_question,
