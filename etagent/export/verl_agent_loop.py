@@ -60,7 +60,8 @@ AGENT_LOOPS_YAML = str(resources.files("etagent.export").joinpath("verl_agent_lo
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 _TOOLSETS: dict[tuple[str, ...], Any] = {}
-_TOOLSETS_LOCK = threading.Lock()
+_CONFIGS: dict[tuple[str, ...], Any] = {}
+_LOCK = threading.Lock()
 
 
 def compose_etagent(overrides: Sequence[str] = ()) -> Any:
@@ -98,16 +99,20 @@ def compose_etagent(overrides: Sequence[str] = ()) -> Any:
             gh.initialize(saved)
 
 
-def shared_toolset(cfg: Any, key: tuple[str, ...]) -> Any:
-    """One ToolSet per process and config (sandbox pools are expensive; loops are per sample)."""
+def shared_setup(overrides: tuple[str, ...]) -> tuple[Any, Any]:
+    """(config, ToolSet), composed and built once per process and overrides: verl makes one
+    loop per sample, and sandbox pools (or a Hydra compose) per sample would dominate."""
     from etagent.tools import build_toolset
 
-    with _TOOLSETS_LOCK:
-        if key not in _TOOLSETS:
+    with _LOCK:
+        if overrides not in _CONFIGS:
+            _CONFIGS[overrides] = compose_etagent(overrides)
+        cfg = _CONFIGS[overrides]
+        if overrides not in _TOOLSETS:
             ts = build_toolset(cfg.tools)
             atexit.register(ts.close)
-            _TOOLSETS[key] = ts
-        return _TOOLSETS[key]
+            _TOOLSETS[overrides] = ts
+        return cfg, _TOOLSETS[overrides]
 
 
 class _TokenizerHolder:
@@ -132,10 +137,9 @@ class ETAgentTIRLoop(AgentLoopBase):
         from etagent.rollout.engine import RolloutEngine
 
         self.overrides = tuple(str(o) for o in (overrides or ()))
-        cfg = compose_etagent(self.overrides)
+        cfg, self.toolset = shared_setup(self.overrides)
         if str(cfg.rollout.get("strategy", "standard")) != "standard":
             raise ValueError("etagent_tir: rollout.strategy must be standard (verl samples each rollout on its own)")
-        self.toolset = shared_toolset(cfg, self.overrides)
         self.response_length = int(self.rollout_config.response_length)
         self.engine: RolloutEngine = instantiate(
             cfg.rollout, backend=_TokenizerHolder(self.tokenizer), toolset=self.toolset,
