@@ -105,6 +105,13 @@ def test_a_missing_corpus_fails_at_start_naming_the_key(tmp_path):
     cfg = compose(["task=aime24"], run_dir=tmp_path)  # bm25 default, and a benchmark writes no corpus
     with pytest.raises(ConfigError, match="tools.search.corpus_path.*tools.search.backend=cache"):
         components.make_toolset(RunContext(cfg, tmp_path, tracker=None))
+    # an explicit corpus that is missing fails too, even where the world wrote its own
+    (tmp_path / "world").mkdir(exist_ok=True)
+    (tmp_path / "world" / "corpus.jsonl").write_text('{"id": "0", "title": "t", "text": "x"}\n')
+    cfg = compose([f"tools.search.corpus_path={tmp_path}/nope.jsonl"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match="nope.jsonl"):
+        components.check_search_corpus(RunContext(cfg, tmp_path, tracker=None))
+    components.check_search_corpus(RunContext(compose([], run_dir=tmp_path), tmp_path, tracker=None))  # world corpus
 
 
 def test_eval_table_has_one_row_per_benchmark_and_the_macro_average():

@@ -58,9 +58,10 @@ def check_search_corpus(ctx: RunContext) -> None:
     search = ctx.cfg.get("tools", {}).get("search")
     if search is None or str(search.get("backend")) not in ("bm25", "dense"):
         return
-    if (ctx.world_dir / "corpus.jsonl").exists():
-        return
+    raw = str(OmegaConf.to_container(search, resolve=False).get("corpus_path") or "")
     path = search.get("corpus_path")
+    if (ctx.world_dir / "corpus.jsonl").exists() and raw in ("", "${paths.run_dir}/world/corpus.jsonl"):
+        return  # make_toolset uses this run's world corpus
     if not path or not Path(str(path)).is_file():
         raise ConfigError(
             f"tools.search.corpus_path: no search corpus at {path!r} (backend={search.get('backend')}; only the "
