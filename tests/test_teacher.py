@@ -169,3 +169,23 @@ def test_flaw_labels_agree_with_exact_behaviour_labelling(task, default_trajs):
         assert {f for f in FLAWS if b[f]} == set(t["flaws"]), (t["response_text"], b)
         assert b["n_redundant"] == sum(c["role"] == "redundant" for c in t["calls"])
         assert b["n_aborted"] == sum(c["role"] == "aborted" for c in t["calls"])
+
+
+def test_teacher_restates_the_evidence_it_answers_from(task, toolset, default_trajs):
+    examples = {e.id: e for e in task.load("train")}
+    searched = [t for t in default_trajs if t["domain"] == "qa" and any(c["role"] == "needed" for c in t["calls"])]
+    right = [t for t in searched if t["correct"]]
+    wrong = [t for t in searched if "erroneous" in t["flaws"]]
+    assert right and wrong
+    for t in right:
+        ex = examples[t["example_id"]]
+        thoughts = [s.content for s in protocol.parse(t["response_text"]).segments if s.kind == "think"]
+        # each needed hop's expected value is restated in a thought right after its result
+        for step in ex.plan:
+            if any(c["query"] == step.query and c["role"] == "needed" for c in t["calls"]):
+                assert any(step.expect in th and th.endswith(".") for th in thoughts), (t["response_text"], step)
+    # a wrong conclusion never follows a restated fact: wrong texts are those of the plain teacher
+    plain = {t["id"]: t for t in write_teacher_trajectories([examples[t["example_id"]] for t in wrong + right[:5]],
+                                                            toolset, rates=None, seed=0, restate_evidence=False)}
+    assert all(plain[t["id"]]["response_text"] == t["response_text"] for t in wrong)
+    assert all(len(plain[t["id"]]["response_text"]) < len(t["response_text"]) for t in right[:5])

@@ -15,6 +15,14 @@ then gets flaws injected at configurable rates (per domain):
 * ``erroneous``: every needed result is present but the written answer is wrong
   (one digit off, or a wrong entity).
 
+Reading before answering (``restate_evidence``, on by default): after the result of a needed
+search the teacher restates, in a ``<think>``, the sentence of the result it relies on (the
+one naming the step's expected entity or value), e.g. ``<think>Zorvan Kell was born in Tavel
+in 1950.</think>``. Answering then copies from a sentence the model itself just wrote, a
+short induction-style copy, instead of picking one fact out of a multi-passage result
+(measured in experiments/results/seed_agent/NOTES.md). A wrong (erroneous or insufficient)
+trajectory restates nothing it could contradict.
+
 ``insufficient`` and ``erroneous`` exclude each other (u < ins -> insufficient, else
 u < ins + err -> erroneous). Every tool result in a text is produced by executing the
 call through a real ``ToolSet``; nothing is invented. Randomness is keyed by
@@ -245,6 +253,31 @@ def _add_redundant(ex: Example, plan: Sequence[PlanStep], keep: int, sc: _Script
 # --------------------------------------------------------------------------- rendering
 
 
+_SENTENCE_END = re.compile(r"(?<=\.)\s+|\n+")
+
+
+def evidence_sentence(result: str, expect: str) -> str | None:
+    """The first sentence of a tool result that names ``expect`` (whole word), or None."""
+    pattern = re.compile(rf"(?<!\w){re.escape(expect)}(?!\w)")
+    for sent in _SENTENCE_END.split(result or ""):
+        sent = sent.strip()
+        if sent and pattern.search(sent):
+            return sent
+    return None
+
+
+def _restate_evidence(ex: Example, sc: _Script, results: Mapping[tuple[str, str], Any]) -> None:
+    """Give each needed search whose result names its plan step's value a restating thought."""
+    if "erroneous" in sc.flaws or "insufficient" in sc.flaws:
+        return
+    expects = {(p.tool, p.query): p.expect for p in ex.plan or []}
+    for c in sc.calls:
+        if c.role == NEEDED and c.kind == "search" and not c.after:
+            sent = evidence_sentence(results[(c.kind, c.query)].output, expects.get((c.kind, c.query), ""))
+            if sent:
+                c.after = sent
+
+
 def _render(sc: _Script, results: Mapping[tuple[str, str], Any]) -> str:
     parts: list[str] = []
     if sc.opening and not sc.calls:  # a call brings its own thought
@@ -298,6 +331,7 @@ def write_teacher_trajectories(
     rates: FlawRates | Mapping[str, Any] | None = None,
     seed: int = 0,
     samples_per_example: int = 1,
+    restate_evidence: bool = True,
 ) -> list[dict]:
     """One dict per (example, sample): ``{id, example_id, response_text, flaws, answer,
     correct, calls, missing_calls, plan_ok, domain, type}``.
@@ -318,6 +352,8 @@ def write_teacher_trajectories(
     results = _execute(toolset, [(c.kind, c.query) for _, _, sc in scripts for c in sc.calls])
     out: list[dict] = []
     for ex, k, sc in scripts:
+        if restate_evidence:
+            _restate_evidence(ex, sc, results)
         expects = {(p.tool, p.query): p.expect for p in ex.plan or []}
         plan_ok = all(expects[(c.kind, c.query)] in results[(c.kind, c.query)].output
                       for c in sc.calls if c.role == NEEDED)
@@ -366,12 +402,15 @@ def summarize(trajectories: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
 class FlawedTeacher:
     """Config wrapper (``conf/seed_agent/flawed_teacher.yaml``) around :func:`write_teacher_trajectories`."""
 
-    def __init__(self, rates: Mapping[str, Any] | None = None, samples_per_example: int = 1, seed: int = 0) -> None:
+    def __init__(self, rates: Mapping[str, Any] | None = None, samples_per_example: int = 1, seed: int = 0,
+                 restate_evidence: bool = True) -> None:
         if samples_per_example < 1:
             raise ValueError(f"seed_agent.samples_per_example must be >= 1, got {samples_per_example}")
         self.rates = _as_rates(rates)
         self.samples_per_example = int(samples_per_example)
         self.seed = int(seed)
+        self.restate_evidence = bool(restate_evidence)
 
     def write(self, examples: Sequence[Example], toolset: Any) -> list[dict]:
-        return write_teacher_trajectories(examples, toolset, self.rates, self.seed, self.samples_per_example)
+        return write_teacher_trajectories(examples, toolset, self.rates, self.seed, self.samples_per_example,
+                                          self.restate_evidence)
