@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from conftest import REPO, SHARED
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # three pipeline runs; slower while other jobs run
 
 BASE = ["preset=smoke", f"paths.shared_dir={SHARED}"]
 
@@ -27,11 +28,12 @@ BASE = ["preset=smoke", f"paths.shared_dir={SHARED}"]
 def _start(run_dir: Path, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "ETAGENT_THREADS": "1", "WANDB_MODE": "offline"}
     log = open(run_dir.parent / f"{run_dir.name}.log", "a")
+    # umask 022: every file of the run must come out world-readable (mkstemp/safetensors make 0600)
     return subprocess.Popen([sys.executable, "-m", "etagent", *BASE, *extra], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, umask=0o022)
 
 
-def _kill_when(proc: subprocess.Popen, cond, timeout: float = 400) -> None:
+def _kill_when(proc: subprocess.Popen, cond, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -61,7 +63,7 @@ def smoke_run(tmp_path_factory) -> Path:
     done_before = {s: (run_dir / s / ".done.json").read_text() for s in ("world", "seed", "flywheel", "ase")}
     # 3) resume to the end
     p = _start(run_dir, [f"resume={run_dir}", f"hydra.run.dir={root / 'resume2'}"])
-    assert p.wait(timeout=600) == 0, (root / "run.log").read_text()[-4000:]
+    assert p.wait(timeout=1200) == 0, (root / "run.log").read_text()[-4000:]
     for s, text in done_before.items():
         assert (run_dir / s / ".done.json").read_text() == text, f"finished stage {s} was redone"
     return run_dir
@@ -129,3 +131,70 @@ def test_notebook_executes_on_the_smoke_run(smoke_run: Path, tmp_path: Path, mon
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     assert (tmp_path / "nb_out" / "radar.png").read_bytes()[:4] == b"\x89PNG"
+    # the drill-down sections ran on the real run: tidy table, dimension dots, per-question diff,
+    # trajectory viewer, behaviour rates per RL step, Pareto fronts, sweep comparison
+    for name in ("dimensions_0.png", "behaviour_per_step_0.png", "pareto_0.png", "sweep_dimensions.png"):
+        assert (tmp_path / "nb_out" / name).read_bytes()[:4] == b"\x89PNG", name
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    html = "\n".join(o["data"]["text/html"] for o in outs if "text/html" in o.get("data", {}))
+    md = "\n".join(o["data"]["text/markdown"] for o in outs if "text/markdown" in o.get("data", {}))
+    assert re.search(r"\(seed -> rl_stage_2\): gained \d+, lost \d+, still right \d+, still wrong \d+", md), md
+    assert html.count("class='etagent-trajectory'") == 2
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", html)  # tidy table: value [95% CI]
+
+
+def test_run_log_has_stage_summaries_and_results_and_no_library_noise(smoke_run: Path):
+    log = (smoke_run / "etagent.log").read_text()  # hydra.job.name = etagent; resumed invocations append
+    assert not list(smoke_run.glob("__main__.log"))
+    for stage in ("world", "seed", "flywheel", "ase", "rl", "eval", "report"):
+        assert log.count(f"[etagent][INFO] - {stage:<9} done in") == 1, stage
+    assert "| rl_stage_2 |" in log and "Correct %" in log  # the eval table itself
+    assert "What changed" in log
+    assert "[DEBUG]" not in log and "[bm25s]" not in log
+    # the console copy (stdout+stderr into a file): progress bars redraw rarely off a TTY
+    console = (smoke_run.parent / "run.log").read_text()
+    assert console.count("\r") < 200, console.count("\r")
+
+
+def test_run_files_follow_the_umask(smoke_run: Path):
+    private = [p.relative_to(smoke_run).as_posix() for p in smoke_run.rglob("*")
+               if not p.is_symlink() and (p.stat().st_mode & 0o044) != 0o044]
+    assert not private, private[:10]
+
+
+def test_tidy_results_match_the_runs_metrics(smoke_run: Path):
+    import pandas as pd
+
+    from etagent.report.results import RESULT_COLUMNS
+
+    res = pd.read_parquet(smoke_run / "results.parquet")
+    assert list(res.columns) == list(RESULT_COLUMNS) and len(pd.read_csv(smoke_run / "results.csv")) == len(res)
+    assert set(res.run_id) == {f"smoke/{smoke_run.name}"} and set(res.seed) == {0}
+    assert set(res.experiment) == {"preset=smoke"}  # overrides minus seed and paths
+    for policy in ("seed", "ase", "rl_stage_1", "rl_stage_2"):
+        m = json.loads((smoke_run / "eval" / policy / "metrics.json").read_text())
+        sub = res[(res.policy == policy) & (res.domain == "all")]
+        want = {k: v for k, v in m["overall"].items() if isinstance(v, (int, float)) and k not in ("n", "n_questions")}
+        assert dict(zip(sub.metric, sub.value)) == pytest.approx(want), policy
+        c = sub[sub.metric == "correctness"].iloc[0]
+        assert c.n == 24 and c.ci_low <= c.value <= c.ci_high
+    q = pd.read_parquet(smoke_run / "questions.parquet")
+    assert len(q) == 4 * 24 and {"calls_python", "calls_search", "redundant", "model_tokens"} <= set(q.columns)
+    seed_q = q[q.policy == "seed"]
+    seed_m = json.loads((smoke_run / "eval" / "seed" / "metrics.json").read_text())["overall"]
+    assert seed_q.score.mean() == pytest.approx(seed_m["correctness"])
+    assert seed_q.calls.mean() == pytest.approx(seed_m["mean_calls"])
+    line = json.loads((smoke_run / "metrics" / "rl_stage1.jsonl").read_text().splitlines()[0])
+    assert (line["run_id"], line["experiment"], line["seed"]) == (f"smoke/{smoke_run.name}", "preset=smoke", 0)
+    assert {"reward/f_tool_min", "reward/f_tool_max", "reward/f_len_group_std"} <= set(line)
+
+
+def test_resume_with_a_changed_override_fails_naming_the_keys(smoke_run: Path, tmp_path: Path):
+    r = subprocess.run([sys.executable, "-m", "etagent", *BASE, f"resume={smoke_run}", "seed=5", "rl.lr=0.5",
+                        f"hydra.run.dir={tmp_path / 'fresh'}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    # (other keys may be listed too when conf/ changed since the run started)
+    assert re.search(r"differs from the saved config of .* in \d+ key\(s\):\n", r.stderr), r.stderr
+    assert re.search(r"\n  rl\.lr: [^\n]+ -> 0\.5\n", r.stderr) and "\n  seed: 0 -> 5\n" in r.stderr
+    assert "resume=force" in r.stderr
