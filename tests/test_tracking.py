@@ -49,6 +49,7 @@ def test_jsonl_lines_carry_run_experiment_and_seed(tmp_path):
 
 def test_wandb_offline_run_has_stage_axes_group_job_type_and_name(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "600")  # its service starts slowly on a loaded machine
     run = _run_dir(tmp_path / "job", ["experiment=et_agent", "seed=1"])
     cfg = compose(["experiment=et_agent", "seed=1", "stages=[eval,report]"], run_dir=run)
     assert cfg.logger.group is None and cfg.logger.job_type is None  # derived from the run
