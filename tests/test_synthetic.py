@@ -22,8 +22,10 @@ from etagent.tools.search import build_search_tool
 
 
 def search_settings() -> dict:
-    """top_k / max_chars of the search tool as the default config sets them."""
-    node = OmegaConf.load(CONF / "tools" / "default.yaml").search
+    """top_k / max_chars of the search tool as the default config sets them (top_k is the task's)."""
+    root = OmegaConf.create({"task": OmegaConf.load(CONF / "task" / "synthetic.yaml"),
+                             "tools": OmegaConf.load(CONF / "tools" / "default.yaml")})
+    node = root.tools.search
     return {"top_k": int(node.top_k), "max_chars": int(node.max_chars), "style": str(node.style)}
 
 
@@ -158,7 +160,9 @@ def test_entity_passages_suit_a_top1_search(tmp_path):
 def test_corpus_is_well_formed(task):
     recs = task.corpus_records()
     assert len({r["id"] for r in recs}) == len(recs)
-    assert max(len(r["text"]) for r in recs) < 64  # three results fit the ~256-char cap uncut
+    # the configured number of passages per search fits the ~256-char result cap uncut
+    cfg = search_settings()
+    assert cfg["top_k"] * max(len(r["text"]) for r in recs) + cfg["top_k"] < cfg["max_chars"]
     titles = sorted({r["title"] for r in recs})
     tokens = Counter(tok for t in titles for tok in t.split())
     shared = {t for t, n in tokens.items() if n > 1}  # every name token belongs to one entity
@@ -216,6 +220,6 @@ def test_recall_table_size_is_configurable():
                           world={"n_people": 40, "n_famous": 4, "n_cities": 10, "n_countries": 4})
     recall = [e for split in ("train", "dev", "test") for e in small.load(split) if e.meta["type"] == "math_recall"]
     assert recall and all(max(map(int, re.findall(r"\d+", e.question))) <= 5 for e in recall)
-    assert small.fingerprint() != SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10,
+    assert small.fingerprint() != SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10, recall_max_operand=9,
                                                 world={"n_people": 40, "n_famous": 4, "n_cities": 10,
                                                        "n_countries": 4}).fingerprint()

@@ -36,7 +36,7 @@ QTYPES: tuple[str, ...] = ("math_tool", "math_recall", "math_copy", "qa_recall",
 DEFAULT_MIX: dict[str, float] = {"math_tool": 0.30, "math_recall": 0.10, "math_copy": 0.10,
                                  "qa_recall": 0.10, "qa_1hop": 0.22, "qa_2hop": 0.18}
 DEFAULT_WORLD: dict[str, Any] = {"n_people": 400, "n_famous": 8, "n_cities": 40, "n_countries": 8,
-                                 "founder_share": 0.5, "passage_style": "fact"}
+                                 "founder_share": 0.5, "passage_style": "entity"}
 SOURCES = {MATH: "synthetic-math", QA: "synthetic-qa"}
 CORPUS_FILE, MANIFEST_FILE = "corpus.jsonl", "manifest.json"
 _FORMAT_VERSION = 3  # bump when generation changes, so stale files on disk are rewritten
@@ -81,7 +81,8 @@ class SyntheticTask:
         world: Mapping[str, Any] | None = None,
         out_dir: str | None = None,
         corpus_path: str | None = None,
-        recall_max_operand: int = 9,
+        recall_max_operand: int = 5,
+        search_top_k: int = 1,
     ) -> None:
         self.name = name
         self.seed = int(seed)
@@ -95,6 +96,11 @@ class SyntheticTask:
             raise ValueError(f"task.mix: shares must be >= 0 with a positive sum, got {self.mix}")
         self.world_cfg = _plain(world, DEFAULT_WORLD, "world")
         self.recall_max_operand = int(recall_max_operand)
+        # Passages per search the corpus is written for (conf/tools reads task.search_top_k): one
+        # compact passage per entity needs one hit; fact-style passages need 3 (a company has 3).
+        if int(search_top_k) < 1:
+            raise ValueError(f"task.search_top_k must be >= 1, got {search_top_k}")
+        self.search_top_k = int(search_top_k)
         self.out_dir = str(out_dir) if out_dir else None
         self._corpus_path = str(corpus_path) if corpus_path else None
         self._world: World | None = None
