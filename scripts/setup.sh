@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${ETAGENT_VENV:-.venv}
+EXTRAS=${ETAGENT_EXTRAS:-dev,slurm}  # scripts/setup_verl.sh: .venv-verl with verl,dev
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.etagent-setup-stamp"
-WANT="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+WANT="$( (echo "$EXTRAS"; cat pyproject.toml scripts/setup.sh) | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
@@ -23,6 +24,6 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   fi
 fi
-echo "[setup] installing etagent[dev,slurm] into $VENV"
-"$VENV/bin/python" -m pip install -q -e ".[dev,slurm]"
+echo "[setup] installing etagent[$EXTRAS] into $VENV"
+"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
 echo "$WANT" > "$STAMP"
