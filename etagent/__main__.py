@@ -15,9 +15,9 @@ import hydra
 from omegaconf import DictConfig
 
 from etagent.config import ConfigError, validate
+from etagent.config.location import conf_dir
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from etagent.pipeline.runner import run_pipeline
 
@@ -39,7 +39,9 @@ def main() -> None:
     from etagent.utils.logs import calm_progress_bars
 
     calm_progress_bars()  # before anything imports tqdm: off a terminal, a bar redraws once a minute
-    _hydra_main()
+    # An absolute config dir: the checkout's conf/ or the wheel's copy (etagent.config.location).
+    # A relative "../conf" resolved only from a checkout run as `python -m`, not the console script.
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_hydra_main)()
 
 
 if __name__ == "__main__":

@@ -52,12 +52,12 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutp
 
 from etagent import protocol
 from etagent.backends.base import EOS, LENGTH, STOP, Completion, find_stop, response_stop_ids
+from etagent.config.location import conf_dir
 from etagent.records import BUDGET
 
 AGENT_NAME = "etagent_tir"
 #: The registry file to pass as ``actor_rollout_ref.rollout.agent.agent_loop_config_path``.
 AGENT_LOOPS_YAML = str(resources.files("etagent.export").joinpath("verl_agent_loops.yaml"))
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 _TOOLSETS: dict[tuple[str, ...], Any] = {}
 _CONFIGS: dict[tuple[str, ...], Any] = {}
@@ -73,11 +73,7 @@ def compose_etagent(overrides: Sequence[str] = ()) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    if not (CONF_DIR / "config.yaml").is_file():
-        raise FileNotFoundError(
-            f"etagent_tir: etagent's config directory {CONF_DIR} is missing; install etagent from its "
-            "repository (pip install -e <repo>) in verl's environment"
-        )
+    conf = conf_dir()  # the checkout's conf/ or an installed wheel's copy; names both when missing
     ov = [str(o) for o in overrides]
     keys = {o.lstrip("+~").split("=", 1)[0] for o in ov}
     defaults = {
@@ -89,7 +85,7 @@ def compose_etagent(overrides: Sequence[str] = ()) -> Any:
     saved = gh.hydra if gh.is_initialized() else None  # verl's driver may hold its own Hydra
     gh.clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             return compose(config_name="config", overrides=ov)
     except Exception as exc:
         raise ValueError(f"etagent_tir: cannot compose etagent's config with overrides {ov}: {exc}") from exc
