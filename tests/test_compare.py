@@ -26,7 +26,7 @@ def sweep(tmp_path_factory) -> Path:
 
 def test_two_groups_two_seeds_mean_and_std(sweep: Path, tmp_path: Path):
     res = compare([sweep], tmp_path / "out")
-    groups = {g["group"]: g for g in res["groups"]}
+    groups = {g["group"]: g for g in res["groups"] if "reference" not in g}
     assert set(groups) == {"experiment=full", "experiment=grpo_correctness"}
     for name, finals in GROUPS.items():
         g = groups[f"experiment={name}"]
@@ -84,7 +84,7 @@ def test_main_cli_and_console_entry(sweep: Path, tmp_path: Path, capsys):
     r = subprocess.run([sys.executable, "-m", "etagent.report.compare", str(sweep), "--out", str(tmp_path / "o2")],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "o2" / "compare.csv").exists() and "4 runs, 2 groups" in r.stdout
+    assert (tmp_path / "o2" / "compare.csv").exists() and "4 runs, 2 groups (+ the seed agent row)" in r.stdout
 
 
 def test_sweep_tidy_tables_share_the_run_schema(sweep: Path, tmp_path: Path):
@@ -106,3 +106,41 @@ def test_sweep_tidy_tables_share_the_run_schema(sweep: Path, tmp_path: Path):
               & (agg.metric == "correctness")].iloc[0]
     assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1414213562) and row.n_runs == 2
     assert row.seeds == "0 1"
+
+
+def test_seed_agent_row_counts_a_shared_seed_once_and_verdict_is_generated(sweep: Path, tmp_path: Path):
+    res = compare([sweep], tmp_path / "v", target="experiment=full")
+    ref = res["groups"][0]
+    # all four runs start from the same seed agent (level 0.3): one point, not four
+    assert ref["group"] == "seed agent" and ref["reference"] == "seed" and ref["n_runs"] == 1
+    assert ref["mean"]["correctness"] == pytest.approx(0.3) and ref["std"]["correctness"] is None
+    v = res["verdict"]
+    pair = v["pairs"]["experiment=grpo_correctness"]
+    # 0.6 vs 0.3, stds 0.1414 each: gain 0.3 > band 0.283 -> win
+    assert pair["correctness"]["result"] == "win"
+    assert pair["correctness"]["band"] == pytest.approx(2 * 0.1414213562)
+    # redundant is lower-is-better: 0.16 vs 0.28 -> a positive gain
+    assert pair["redundant_rate"]["gain"] == pytest.approx(0.12) and pair["redundant_rate"]["result"] == "win"
+    goals = {g["goal"]: g for g in v["goals"]}
+    assert goals["correctness >= best baseline - 1 std"]["met"] is True
+    assert goals["efficiency >= 1.25x best baseline"]["need"] == pytest.approx(1.25 * 0.25)
+    assert goals["redundant rate <= 5%"]["met"] is False
+    assert goals["insufficient rate <= seed agent's"]["need"] == pytest.approx(0.14)
+    assert goals["insufficient rate <= seed agent's"]["met"] is True
+    md = (tmp_path / "v" / "compare.md").read_text()
+    assert "## Verdict" in md and "vs `experiment=grpo_correctness`:" in md and "Goals met: 3 of 4" in md
+    assert "| seed agent | 1 |" in md
+    assert res["groups"][1]["values"]["correctness"] == pytest.approx([0.5, 0.7])
+
+
+def test_verdict_ties_inside_the_band_and_is_absent_without_target(sweep: Path, tmp_path: Path):
+    from etagent.report.verdict import compare_pair
+
+    a = {"group": "a", "mean": {"correctness": 0.50, "erroneous_rate": 0.10}, "std": {"correctness": 0.02, "erroneous_rate": None}}
+    b = {"group": "b", "mean": {"correctness": 0.47, "erroneous_rate": 0.05}, "std": {"correctness": 0.02, "erroneous_rate": None}}
+    p = compare_pair(a, b)
+    assert p["correctness"]["result"] == "tie"            # 0.03 < 0.04
+    assert p["erroneous_rate"]["result"] == "loss"        # lower is better, no std -> band 0
+    res = compare([sweep], tmp_path / "n", reference=None, target=None)
+    assert res["verdict"] is None and all("reference" not in g for g in res["groups"])
+    assert compare([sweep], tmp_path / "m", target="experiment=nope")["verdict"] is None

@@ -135,14 +135,15 @@ def aggregate(runs: Sequence[SweepRun]) -> list[dict[str, Any]]:
             groups.setdefault(r.group, []).append(r)
     out = []
     for g, rs in groups.items():
-        mean, std, n = {}, {}, {}
+        mean, std, n, values = {}, {}, {}, {}
         for k in keys:
             vals = [x for x in (_num(r.metrics.get(k)) for r in rs) if x is not None]
-            n[k] = len(vals)
+            n[k], values[k] = len(vals), vals
             mean[k] = statistics.fmean(vals) if vals else None
             std[k] = statistics.stdev(vals) if len(vals) > 1 else None
         out.append({"group": g, "n_runs": len(rs), "jobs": [r.job for r in rs], "seeds": [r.seed for r in rs],
-                    "policies": sorted({str(r.policy) for r in rs}), "mean": mean, "std": std, "n": n})
+                    "policies": sorted({str(r.policy) for r in rs}), "mean": mean, "std": std, "n": n,
+                    "values": values})
     return out
 
 
@@ -217,26 +218,68 @@ def write_sweep_results(run_paths: Sequence[Path], out: Path) -> dict[str, Path]
     return paths
 
 
-def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final") -> dict[str, Any]:
-    """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON."""
+REFERENCE_GROUP = "seed agent"
+
+
+def reference_group(found: Sequence[tuple[Path, str]], policy: str) -> dict[str, Any] | None:
+    """The starting policy (e.g. the seed agent) as one more row: one point per *distinct* agent.
+
+    Runs that share a seed agent (``init_from`` one base run) evaluate the same checkpoint on
+    the same questions, so their rows are identical and count once; a sweep over the seed
+    agent's own seed gives one point per seed agent.
+    """
+    seen: dict[tuple, SweepRun] = {}
+    for p, job in found:
+        r = load_sweep_run(p, job, policy)
+        if r.metrics and r.policy == policy:
+            seen.setdefault(tuple(sorted((k, repr(v)) for k, v in r.metrics.items())), r)
+    if not seen:
+        return None
+    rs = list(seen.values())
+    for r in rs:
+        r.group = REFERENCE_GROUP
+    g = aggregate(rs)[0]
+    g["reference"] = policy
+    return g
+
+
+def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final",
+            reference: str | None = "seed", target: str | None = "experiment=et_agent") -> dict[str, Any]:
+    """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON.
+
+    ``reference`` adds the runs' starting policy (default the seed agent) as a first row;
+    ``target`` is the group judged against every other one (:mod:`etagent.report.verdict`).
+    """
+    from etagent.report.verdict import verdict
+
     found = find_runs(paths)
     if not found:
         raise FileNotFoundError(f"compare: no run directory under {', '.join(map(str, paths))}")
     runs = [load_sweep_run(p, job, policy) for p, job in found]
     groups = aggregate(runs)
+    # comparing the starting policy itself: its row would repeat the groups
+    ref = reference_group(found, reference) if reference and reference != policy else None
+    judged = verdict(groups, target, ref) if target else None
+    if ref is not None:
+        groups = [ref, *groups]
     if out_dir is None:
         first = Path(paths[0])
         out_dir = first / "compare" if len(paths) == 1 and not _is_run(first) else Path("compare")
     out = Path(out_dir)
     result = {
         "policy": policy,
+        "reference": reference,
         "groups": groups,
+        "verdict": judged,
         "runs": [{"job": r.job, "path": str(r.path), "group": r.group, "seed": r.seed, "policy": r.policy,
                   "overrides": r.overrides, "metrics": r.metrics} for r in runs],
     }
     tidy = write_sweep_results([r.path for r in runs], out)
     result["tidy"] = {k: str(v) for k, v in tidy.items()}
-    atomic_write_text(out / "compare.md", markdown(groups, runs))
+    md = markdown(groups, runs)
+    if judged is not None:
+        md += "\n## Verdict\n\n" + judged["paragraph"] + "\n"
+    atomic_write_text(out / "compare.md", md)
     atomic_write_text(out / "compare.csv", to_csv(groups))
     atomic_write_json(out / "compare.json", result)
     if groups:
@@ -247,7 +290,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
                     spread={g["group"]: {k: v for k, v in g["std"].items() if v is not None} for g in groups})
         rows = []
         for g in groups:
-            members = [r for r in runs if r.metrics and r.group == g["group"]]
+            members = [r for r in runs if r.metrics and r.group == g["group"]] if "reference" not in g else []
             for key, *_ in plots.DOT_METRICS:
                 m, sd = g["mean"].get(key), g["std"].get(key)
                 if m is None:
@@ -266,14 +309,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="multirun directory or run directories")
     ap.add_argument("--out", default=None, help="output folder (default <sweep dir>/compare or ./compare)")
     ap.add_argument("--policy", default="final", help="policy to compare: final (default), seed, ase, rl_stage_1 ...")
+    ap.add_argument("--reference", default="seed",
+                    help="starting policy shown as a first row and used by the goals (default seed; 'none' to omit)")
+    ap.add_argument("--target", default="experiment=et_agent",
+                    help="group judged win/tie/loss against the others (default experiment=et_agent; 'none' to omit)")
     args = ap.parse_args(argv)
+    none = lambda v: None if v in (None, "", "none") else v  # noqa: E731
     try:
-        res = compare(args.paths, args.out, args.policy)
+        res = compare(args.paths, args.out, args.policy, none(args.reference), none(args.target))
     except (FileNotFoundError, ValueError) as exc:
         print(f"etagent-compare: {exc}", file=sys.stderr)
         return 2
     print(Path(res["out_dir"], "compare.md").read_text(encoding="utf-8"))
-    print(f"[etagent-compare] {len(res['runs'])} runs, {len(res['groups'])} groups -> {res['out_dir']}")
+    n_groups = sum(1 for g in res["groups"] if "reference" not in g)
+    extra = " (+ the seed agent row)" if n_groups < len(res["groups"]) else ""
+    print(f"[etagent-compare] {len(res['runs'])} runs, {n_groups} groups{extra} -> {res['out_dir']}")
     return 0
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from etagent.rl import reward as rw
+from etagent.utils.logs import bar_step
 from etagent.rl.logprobs import PackedBatch, pack_trajectories, token_logprobs
 from etagent.train import checkpoint as ckpt
 from etagent.train.sft import resolve_bf16
@@ -304,9 +305,8 @@ class GRPOTrainer:
             if self.tracker is not None:
                 self.tracker.log(metrics, step=self.step, stage=stage_name)
             history.append({"step": self.step, "example_ids": [e.id for e in batch], **metrics})
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
-                            calls=f"{metrics.get('tool_calls_mean', float('nan')):.2f}")
+            bar_step(bar, reward=f"{metrics.get('reward/mean', float('nan')):.3f}",
+                     calls=f"{metrics.get('tool_calls_mean', float('nan')):.2f}")
             every = self.cfg.checkpoint_every
             if self.step == total or (every and self.step % every == 0):
                 self.save_checkpoint(fp, total, stage_name)

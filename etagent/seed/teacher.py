@@ -72,7 +72,7 @@ class FlawRates:
 #: Defaults tuned so the train split shows the paper's picture (see docs in conf/seed_agent).
 DEFAULT_RATES: dict[str, FlawRates] = {
     MATH: FlawRates(redundant=0.18, insufficient=0.25, aborted=0.10, erroneous=0.07, redundant_extra=0.3),
-    QA: FlawRates(redundant=0.75, insufficient=0.30, aborted=0.10, erroneous=0.07, redundant_extra=0.45),
+    QA: FlawRates(redundant=0.75, insufficient=0.15, aborted=0.10, erroneous=0.07, redundant_extra=0.45),
 }
 
 

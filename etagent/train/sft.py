@@ -36,6 +36,7 @@ from etagent.train.batching import Batch, collate, epoch_plan
 from etagent.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
 from etagent.train.sequences import TrainSequence, truncate
 from etagent.utils.io import read_json
+from etagent.utils.logs import bar_step
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +399,7 @@ def train_sft(
             step += 1
             dt = time.monotonic() - t0
             loss = loss_sum / n_loss
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar_step(bar, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if tracker is not None and (step % max(1, cfg.log_every) == 0 or step == total_steps):
                 tracker.log({"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": n_loss,
                              "tokens": sum(b.n_tokens for b in batches), "seqs": sum(len(b.lengths) for b in batches),

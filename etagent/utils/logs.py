@@ -50,6 +50,16 @@ def calm_progress_bars(interval: float = 60.0, stream=None) -> bool:
     return True
 
 
+def bar_step(bar, **postfix) -> None:
+    """One step of a progress bar with a postfix, without forcing a redraw.
+
+    ``set_postfix`` redraws by default, which defeats the redraw interval (a log line per step
+    in a log file); set it quietly, then let ``update`` redraw when the interval allows.
+    """
+    bar.set_postfix(refresh=False, **postfix)
+    bar.update(1)
+
+
 def move_file_logs(old_dir: str | os.PathLike, new_dir: str | os.PathLike) -> list[str]:
     """Append the ``*.log`` files of ``old_dir`` to the same names in ``new_dir`` and point the
     root logger's file handlers there, so a resumed job keeps logging into the run it resumes.
