@@ -80,7 +80,7 @@ def test_cli_names_a_bad_value_at_start_up(tmp_path):
 
 
 def test_init_from_copies_only_finished_stages(tmp_path):
-    from etagent.pipeline import markers
+    from etagent.utils import markers
     from etagent.pipeline.runner import import_stages
 
     src, dst = tmp_path / "base", tmp_path / "new"

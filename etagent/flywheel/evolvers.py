@@ -95,7 +95,7 @@ DEFAULT_REFLECTION = "Wait, that step may be wrong. Let me look at it again and 
 class PolicyEvolver(Evolver):
     name = "policy"
 
-    def __init__(self, refine_samples: int = 4, refine_temperature: float = 0.3,
+    def __init__(self, refine_samples: int = 2, refine_temperature: float = 0.3,
                  hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT,
                  reflection: str = DEFAULT_REFLECTION):
         super().__init__(hints, hint_format)

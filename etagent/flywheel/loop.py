@@ -60,13 +60,13 @@ class FlywheelConfig:
     strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
     samples_per_question: int = 4  # K
     temperature: float = 1.0  # sampling and continuation temperature
-    max_rounds: int = 3  # official: up to 5 evolve attempts (run.sh uses 3)
+    max_rounds: int = 2  # official: up to 5 evolve attempts (run.sh uses 3)
     extra_calls: int = 4  # per-kind call budget added for continuations (official ADDITIONAL_*_TIMES)
-    continuations: int = 2  # policy continuations per reflection prefix
+    continuations: int = 1  # policy continuations per reflection prefix
     keep_per_parent: int = 1  # accepted edits kept per (parent, strategy), best first
     finetune_between_rounds: bool = False
     max_per_question: int = 4  # SFT selection cap per question
-    questions_per_round: int | None = None  # None = all training questions every round
+    questions_per_round: int | None = 128  # None = all training questions every round
     include_unedited_correct: bool = True  # RFT-style: correct samples are SFT data too
     min_correct: float = 0.8  # QA F1 needed to count as correct (official flywheel: F1 > 0.8); math is 0/1
     require_same_results: bool = True  # reject an edit whose re-executed results differ

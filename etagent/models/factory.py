@@ -36,7 +36,7 @@ class ModelSpec:
     path: str | None = None
     size: str | None = "tiny"
     arch: dict[str, Any] = field(default_factory=dict)
-    vocab_size: int = 512
+    vocab_size: int = 1024
     max_position_embeddings: int = 1024
     use_system_prompt: bool = False
     dtype: str = "float32"  # weights dtype on load; training uses bf16 autocast where supported

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from etagent.pipeline import markers
+from etagent.utils import markers
 
 # Policies in the order stages produce them; eval/report compare all that exist.
 POLICY_ORDER = ("seed", "ase", "rl")

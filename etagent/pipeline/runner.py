@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from etagent.config import ConfigError, build_partial
-from etagent.pipeline import markers
+from etagent.utils import markers
 from etagent.pipeline.context import RunContext
 from etagent.utils.io import apply_umask_tree, atomic_write_json, atomic_write_text
 from etagent.utils.logs import move_file_logs

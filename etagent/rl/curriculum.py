@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from etagent.pipeline import markers
+from etagent.utils import markers
 from etagent.records import Example, write_jsonl
 from etagent.rl.grpo import GRPOConfig, GRPOTrainer, as_reward_fn
 from etagent.utils.io import atomic_write_json, read_json

@@ -64,7 +64,7 @@ class GRPOConfig:
     group_size: int = 8  # rollouts per question (GRPO's n)
     prompts_per_step: int = 8
     ppo_epochs: int = 1  # passes over one step's rollouts
-    mini_batches: int = 1  # optimizer steps per pass
+    mini_batches: int = 2  # optimizer steps per pass
     micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = a whole mini-batch
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2  # > clip_eps_low = DAPO's clip-higher

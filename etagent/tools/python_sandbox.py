@@ -77,7 +77,7 @@ class SandboxLimits:
     cpu_seconds: float = 5.0
     wall_seconds: float = 10.0
     memory_mb: int = 1024  # RLIMIT_AS (virtual address space, includes pre-imported modules); 0 = off
-    max_output_chars: int = 1024
+    max_output_chars: int = 256
     max_file_mb: int = 16  # RLIMIT_FSIZE: largest file the code may write
     max_procs: int = 16  # process creations allowed per call (fork/subprocess/posix_spawn/system)
 
@@ -97,7 +97,7 @@ class PythonSandbox:
         cpu_seconds: float = 5.0,
         wall_seconds: float = 10.0,
         memory_mb: int = 1024,
-        max_output_chars: int = 1024,
+        max_output_chars: int = 256,
         max_file_mb: int = 16,
         pool_size: int = 4,
         preimport: Sequence[str] = (),

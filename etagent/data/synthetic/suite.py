@@ -74,7 +74,7 @@ class SyntheticTask:
         self,
         name: str = "synthetic",
         seed: int = 0,
-        n_train: int = 3000,
+        n_train: int = 6000,
         n_dev: int = 200,
         n_test: int = 300,
         mix: Mapping[str, float] | None = None,

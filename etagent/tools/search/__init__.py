@@ -79,7 +79,7 @@ def build_search_tool(
     retries: int = 2,
     dense_model: str | None = None,
     device: str = "cpu",
-    style: str = "search_r1",
+    style: str = "plain",
 ) -> SearchTool:
     """Build the ``search`` tool from config.
 
