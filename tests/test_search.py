@@ -107,7 +107,7 @@ def test_bm25_index_saved_beside_corpus_and_reloaded(tmp_path):
 def test_search_tool_formats_and_caps(world):
     corpus, rows = world
     fact = next(r for r in rows if r["id"].startswith("fact-"))
-    tool = build_search_tool("bm25", top_k=3, max_chars=10_000, corpus_path=corpus)
+    tool = build_search_tool("bm25", top_k=3, max_chars=10_000, corpus_path=corpus, style="search_r1")
     [r] = tool.run_batch([f"{fact['title']} founded"])
     assert r.status == "ok" and not r.truncated
     lines = r.output.split("\n")
@@ -285,7 +285,7 @@ def server():
 
 def test_http_backend_protocol_and_retry(server):
     _Retrieve.fail_first = 1  # one 503, then success
-    tool = build_search_tool("http", top_k=2, max_chars=1000, url=server, timeout_s=5, retries=2)
+    tool = build_search_tool("http", top_k=2, max_chars=1000, url=server, timeout_s=5, retries=2, style="search_r1")
     tool.backend.backoff_s = 0.01
     a, b = tool.run_batch(["alpha", "beta"])
     assert _Retrieve.seen[-1] == {"queries": ["alpha", "beta"], "topk": 2, "return_scores": True}
@@ -336,7 +336,7 @@ def test_plain_style_drops_titles_and_is_cached_separately(tmp_path):
     corpus.write_text('{"id": "1", "title": "Kalomi", "text": "Kalomi was founded in 1204."}\n'
                       '{"id": "2", "title": "Veru", "text": "Veru lies on a river."}\n')
     cache = tmp_path / "cache.sqlite"
-    r1 = build_search_tool(corpus_path=str(corpus), cache_path=str(cache), top_k=1).run_batch(["Kalomi"])[0]
+    r1 = build_search_tool(corpus_path=str(corpus), cache_path=str(cache), top_k=1, style="search_r1").run_batch(["Kalomi"])[0]
     r2 = build_search_tool(corpus_path=str(corpus), cache_path=str(cache), top_k=1, style="plain").run_batch(["Kalomi"])[0]
     assert r1.output == "Doc 1(Title: Kalomi) Kalomi was founded in 1204."
     assert r2.output == "Kalomi was founded in 1204."  # not the other style's cached text
