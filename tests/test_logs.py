@@ -53,31 +53,28 @@ def test_job_logging_config_drops_a_library_that_reraises_its_level(tmp_path):
     assert "a real warning" in text and "Building index" not in text
 
 
-def test_progress_bars_redraw_rarely_into_a_file(tmp_path):
-    code = ("from etagent.utils.logs import calm_progress_bars\n"
+def _bar_into_file(tmp_path, loop: str) -> str:
+    """stderr of a fresh interpreter that calms the bars, then runs ``loop`` with tqdm, into a file."""
+    code = ("from etagent.utils.logs import bar_step, calm_progress_bars\n"
             "assert calm_progress_bars(interval=60)\n"
-            "import time\nfrom tqdm.auto import tqdm\n"
-            "for _ in tqdm(range(200)):\n    time.sleep(0.005)\n")
+            "import time\nfrom tqdm.auto import tqdm\n" + loop)
     err = tmp_path / "stderr.txt"
     with open(err, "w") as fh:
         subprocess.run([sys.executable, "-c", code], stderr=fh, check=True, env={"PATH": "/usr/bin:/bin"})
-    text = err.read_text()
+    return err.read_text()
+
+
+def test_progress_bars_redraw_rarely_into_a_file(tmp_path):
+    text = _bar_into_file(tmp_path, "for _ in tqdm(range(200)):\n    time.sleep(0.005)\n")
     assert "200/200" in text
     assert text.count("\r") <= 3, text  # the first draw and the final one; ~40 at tqdm's default 0.1 s
 
 
 def test_a_bar_with_a_postfix_per_step_also_redraws_rarely(tmp_path):
     # set_postfix redraws by default: the SFT and GRPO bars wrote one line per step into log files
-    code = ("from etagent.utils.logs import bar_step, calm_progress_bars\n"
-            "assert calm_progress_bars(interval=60)\n"
-            "import time\nfrom tqdm.auto import tqdm\n"
-            "bar = tqdm(total=200)\n"
-            "for i in range(200):\n    time.sleep(0.005)\n    bar_step(bar, loss=f'{i:.4f}')\n"
-            "bar.close()\n")
-    err = tmp_path / "stderr.txt"
-    with open(err, "w") as fh:
-        subprocess.run([sys.executable, "-c", code], stderr=fh, check=True, env={"PATH": "/usr/bin:/bin"})
-    text = err.read_text()
+    text = _bar_into_file(tmp_path, "bar = tqdm(total=200)\n"
+                          "for i in range(200):\n    time.sleep(0.005)\n    bar_step(bar, loss=f'{i:.4f}')\n"
+                          "bar.close()\n")
     assert "200/200" in text and "loss=199.0000" in text
     assert text.count("\r") <= 3, text
 
