@@ -18,7 +18,9 @@ from typing import Any, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-STAGES = ("world", "seed", "flywheel", "ase", "rl", "eval", "report")
+from etagent.pipeline.registry import STAGE_NAMES
+
+STAGES = STAGE_NAMES  # etagent.pipeline.registry, the one stage list
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
