@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from etagent import protocol
 
 MATH, QA = "math", "qa"
-DOMAINS = (MATH, QA)
+DOMAINS = (MATH, QA)  # the built-in answer domains; etagent.grading.register_domain adds more
 
 
 @dataclass
@@ -42,8 +42,10 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise ValueError(f"Example {self.id!r}: domain must be one of {DOMAINS}, got {self.domain!r}")
+        from etagent.grading import DOMAIN_RULES  # the grader owns the domains (built-ins: DOMAINS)
+
+        if self.domain not in DOMAIN_RULES:
+            raise ValueError(f"Example {self.id!r}: domain must be one of {tuple(DOMAIN_RULES)}, got {self.domain!r}")
         if self.plan is not None:
             self.plan = [p if isinstance(p, PlanStep) else PlanStep(**p) for p in self.plan]
 

@@ -114,8 +114,7 @@ def _policy(engine: Any, cfg: FlywheelConfig):
     which defaults to ``grading.qa_threshold``)."""
     from etagent import grading
 
-    p = grading.policy_of(getattr(engine, "grader", None))
-    return grading.GradingPolicy(p.qa_metric, cfg.min_correct, p.math_judge)
+    return grading.policy_of(getattr(engine, "grader", None)).with_threshold(cfg.min_correct)
 
 
 def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
@@ -172,7 +171,7 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
         for step in ROUND_STEPS:
             step(fw, rnd)
         write_jsonl(out / f"round_{r}.jsonl", rnd.added)
-        gain = sum(1 for t in rnd.added if t.correct >= cfg.min_correct and not t.format_errors
+        gain = sum(1 for t in rnd.added if fw.policy.is_success(None, t.correct) and not t.format_errors
                    and (cfg.include_unedited_correct or t.meta["strategy"] != SAMPLE))
         sel = _select(fw.pool, cfg)
         row = _round_row(fw, rnd, gain, sel, t0)
@@ -230,7 +229,7 @@ def _round_row(fw: Flywheel, rnd: Round, gain: int, sel: list[Trajectory], t0: f
         "rejected": sum(s["rejected"] for s in stats.values()),
         "added": len(rnd.added), "new_correct": gain,
         "pool_size": len(pool),
-        "pool_correct": _mean([float(t.correct >= cfg.min_correct) for t in trajs]),
+        "pool_correct": _mean([float(fw.policy.is_success(None, t.correct)) for t in trajs]),
         "pool_mean_calls": _mean([t.num_calls for t in trajs]),
         **behaviour_rates(trajs, "pool_"),
         "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
