@@ -5,7 +5,7 @@
 insufficient, erroneous, method`` plus diagnostics ``n_useful``, ``redundant_calls``,
 ``aborted_calls`` and ``budget_calls`` (call indices). ``n_calls`` counts paired tags in the
 text (the official rule; a stray closer is no call). A trajectory is "wrong" when the grading
-policy's ``is_success(domain, traj.correct)`` is false (default: math < 1; QA F1 < 0.75).
+policy's ``is_success(domain, traj.score)`` is false (default: math < 1; QA F1 < 0.75).
 
 Calls are taken in order. A call is **aborted** when it ran and failed (tool error, timeout,
 invalid call); a call refused by the tool budget is counted apart (``n_budget``: the model
@@ -128,7 +128,7 @@ def _later_texts(traj: Trajectory) -> list[str]:
 
 
 def _is_wrong(traj: Trajectory, example: Example, policy: grading.GradingPolicy | None = None) -> bool:
-    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.correct))
+    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.score))
 
 
 def call_count(traj: Trajectory) -> int:

@@ -422,6 +422,10 @@ class Grader:
         """Whether ``score`` is a success in ``domain`` (None: a score without domain, threshold rule)."""
         return is_success(domain, float(score), self.qa_threshold)
 
+    def succeeded(self, traj: Any, example: Example) -> bool:
+        """The success flag of a graded trajectory (its ``score`` under this policy)."""
+        return self.is_success(example.domain, traj.score)
+
     def is_failure(self, domain: str | None, score: float) -> bool:
         """Whether ``score`` is a definite failure (math: 0; QA: below the threshold)."""
         return domain_rule(domain).failure(float(score), self.qa_threshold)

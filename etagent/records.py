@@ -109,7 +109,7 @@ class Trajectory:
     logprobs: list[float] | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     answer: str | None = None
-    correct: float = 0.0
+    score: float = 0.0  # graded correctness: math 0/1, QA F1 or EM; success is etagent.grading.Grader's call
     finish_reason: str = ""  # answer | budget | max_tokens | error | stop | eos
     format_errors: list[str] = field(default_factory=list)
     behaviour: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +148,8 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        if "correct" in d and "score" not in d:  # records written before the rename (correct -> score)
+            d = {("score" if k == "correct" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

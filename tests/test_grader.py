@@ -28,7 +28,7 @@ def code_domain():
 
 
 def _traj(i: int, ex: Example, score: float, text: str = "<answer>x</answer>") -> Trajectory:
-    return Trajectory(id=f"t{i}", example_id=ex.id, group_id=ex.id, response_text=text, correct=score,
+    return Trajectory(id=f"t{i}", example_id=ex.id, group_id=ex.id, response_text=text, score=score,
                       meta={"strategy": "sample", "round": 1, "parent_id": None})
 
 
@@ -78,3 +78,19 @@ def test_with_threshold_keeps_metric_and_judge():
     g = Grader("em", 0.75, judge).with_threshold(0.8)
     assert (g.qa_metric, g.qa_threshold, g.math_judge) == ("em", 0.8, judge)
     assert grading.GradingPolicy is Grader
+
+
+def test_records_written_before_the_rename_still_read(tmp_path):
+    from etagent.records import read_jsonl, write_jsonl
+
+    old = ('{"id": "t0", "example_id": "e", "group_id": "e", "response_text": "x", "correct": 0.6, '
+           '"finish_reason": "answer"}\n')
+    (tmp_path / "old.jsonl").write_text(old)
+    (t,) = read_jsonl(tmp_path / "old.jsonl", Trajectory)
+    assert t.score == 0.6 and not hasattr(t, "correct")
+    write_jsonl(tmp_path / "new.jsonl", [t])
+    text = (tmp_path / "new.jsonl").read_text()
+    assert '"score": 0.6' in text and '"correct"' not in text
+    assert Trajectory.from_json(text) == t
+    ex = Example("e", "q", ["a"], "qa", "toy")
+    assert Grader(qa_threshold=0.5).succeeded(t, ex) and not Grader().succeeded(t, ex)  # the flag: the grader's call

@@ -91,7 +91,7 @@ class ScriptedEngine:
                     id=f"{group_prefix}{ex.id}/{j}", example_id=ex.id, group_id=f"{group_prefix}{ex.id}",
                     response_text="", prompt_ids=prompt, response_ids=ids, response_mask=mask, logprobs=lp,
                     tool_calls=[ToolCall("python", "x", "y", "ok") for _ in range(k)],
-                    correct=self.correct_fn(first, j, ex), format_errors=["answer_missing"] if rng.random() < self.format_error_rate else [],
+                    score=self.correct_fn(first, j, ex), format_errors=["answer_missing"] if rng.random() < self.format_error_rate else [],
                     behaviour={"redundant": k > 1, "insufficient": k == 0, "n_calls": k}))
         return out
 

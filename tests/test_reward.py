@@ -125,7 +125,7 @@ def _traj(correct, calls, mask, ok=True):
     text = "<think>t</think>" + "<python>x</python><result>\n1\n</result>" * calls + "<answer>\\boxed{1}</answer>"
     return Trajectory(
         id="t", example_id="e", group_id="g", response_text=text, response_ids=list(range(len(mask))),
-        response_mask=mask, tool_calls=[ToolCall("python", "x", "1", "ok")] * calls, correct=correct,
+        response_mask=mask, tool_calls=[ToolCall("python", "x", "1", "ok")] * calls, score=correct,
         format_errors=[] if ok else ["answer_missing"],
     )
 

@@ -129,7 +129,7 @@ class PolicyEvolver(Evolver):
             for s in outs[i * n : (i + 1) * n]:
                 c = cost(s.response_text)
                 key = normalise_response(s.response_text)
-                if c >= best_cost or key in seen or not ctx.verifier.is_correct(ex, s.correct):
+                if c >= best_cost or key in seen or not ctx.verifier.is_correct(ex, s.score):
                     ctx.stats["global_refine/not_shorter_or_wrong"] += 1
                     continue
                 seen.add(key)

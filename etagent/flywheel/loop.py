@@ -171,7 +171,7 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
         for step in ROUND_STEPS:
             step(fw, rnd)
         write_jsonl(out / f"round_{r}.jsonl", rnd.added)
-        gain = sum(1 for t in rnd.added if fw.policy.is_success(None, t.correct) and not t.format_errors
+        gain = sum(1 for t in rnd.added if fw.policy.is_success(None, t.score) and not t.format_errors
                    and (cfg.include_unedited_correct or t.meta["strategy"] != SAMPLE))
         sel = _select(fw.pool, cfg)
         row = _round_row(fw, rnd, gain, sel, t0)
@@ -222,14 +222,14 @@ def _round_row(fw: Flywheel, rnd: Round, gain: int, sel: list[Trajectory], t0: f
     trajs = pool.trajectories
     return {
         "round": rnd.r, "questions": len(rnd.questions), "samples": len(samples), "pool_parents": len(rnd.frontier),
-        "sample_correct": _mean([float(fw.verifier.is_correct(by_id[s.example_id], s.correct)) for s in samples]),
+        "sample_correct": _mean([float(fw.verifier.is_correct(by_id[s.example_id], s.score)) for s in samples]),
         "sample_mean_calls": _mean([s.num_calls for s in samples]),
         **behaviour_rates(samples, "sample_"),
         "accepted": sum(s["accepted"] for s in stats.values()),
         "rejected": sum(s["rejected"] for s in stats.values()),
         "added": len(rnd.added), "new_correct": gain,
         "pool_size": len(pool),
-        "pool_correct": _mean([float(fw.policy.is_success(None, t.correct)) for t in trajs]),
+        "pool_correct": _mean([float(fw.policy.is_success(None, t.score)) for t in trajs]),
         "pool_mean_calls": _mean([t.num_calls for t in trajs]),
         **behaviour_rates(trajs, "pool_"),
         "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),

@@ -85,7 +85,7 @@ class Pool:
         by_q: dict[str, list[Trajectory]] = defaultdict(list)
         success = Grader(qa_threshold=min_correct)  # no domain here: the threshold rule (math scores are 0/1)
         for t in self._items:
-            if not success.is_success(None, t.correct) or t.format_errors:
+            if not success.is_success(None, t.score) or t.format_errors:
                 continue
             if not include_unedited and t.meta.get("strategy") == SAMPLE:
                 continue

@@ -44,7 +44,7 @@ class Flywheel:
 
     def succeeded(self, t: Trajectory) -> bool:
         """A well-formed trajectory whose answer counts as correct (the verifier's rule)."""
-        return not t.format_errors and self.verifier.is_correct(self._by_id[t.example_id], t.correct)
+        return not t.format_errors and self.verifier.is_correct(self._by_id[t.example_id], t.score)
 
 
 @dataclass
@@ -90,7 +90,7 @@ def sample(fw: Flywheel, rnd: Round) -> None:
             s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id], policy=fw.policy))
         ex = by_id[s.example_id]
         s.meta["grounded"] = answer_grounded(s, ex.question, groups[s.example_id],
-                                             lambda t, ex=ex: verifier.is_correct(ex, t.correct))
+                                             lambda t, ex=ex: verifier.is_correct(ex, t.score))
     rnd.samples = samples
 
 

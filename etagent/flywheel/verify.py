@@ -228,7 +228,7 @@ class Verifier:
             logprobs=None,
             tool_calls=calls,
             answer=answer,
-            correct=score,
+            score=score,
             finish_reason="answer",
             format_errors=[],
             meta=meta,

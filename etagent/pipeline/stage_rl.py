@@ -69,7 +69,7 @@ def run(ctx: RunContext) -> dict:
     start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
-    # reward.qa_metric grades the RL rollouts (the engine sets traj.correct the reward uses)
+    # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
     policy = components.grading_policy(ctx, build(ctx.cfg.reward, "reward").qa_metric)
     with components.make_toolset(ctx) as toolset:
 

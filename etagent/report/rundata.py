@@ -267,7 +267,7 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
         for t in read_jsonl_dicts(f):
             calls, corr = groups.setdefault(str(t["example_id"]), ([], []))
             calls.append(float(len(t.get("tool_calls") or [])))
-            corr.append(float(t.get("correct", 0.0)))
+            corr.append(float(t.get("score", t.get("correct", 0.0))))  # "correct": before the rename
         if not groups:
             continue
         ids = list(groups)

@@ -137,7 +137,7 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
         by_group.setdefault(t.group_id, []).append(t)
     groups = [by_group.get(f"sample{stage}/{ex.id}", []) for ex in pool]
     tool_counts = [[t.num_calls for t in g] for g in groups]
-    correctness = [[float(t.correct) for t in g] for g in groups]
+    correctness = [[float(t.score) for t in g] for g in groups]
     domains = [ex.domain for ex in pool]
     sel = copy.copy(sampler)
     if spec.select is not None and hasattr(sel, "count"):

@@ -478,7 +478,7 @@ class GRPOTrainer:
             "sigma_tool": sigma_tool,
             "sigma_len": sigma_len,
             "adv_abs_mean": float(adv.abs().mean()),
-            "correct_mean": float(np.mean([t.correct for t in flat])),
+            "correct_mean": float(np.mean([t.score for t in flat])),
             "format_error_rate": float(np.mean([bool(t.format_errors) for t in flat])),
             "tool_calls_mean": float(np.mean([t.num_calls for t in flat])),
             "model_tokens_mean": float(np.mean([t.model_tokens for t in flat])),

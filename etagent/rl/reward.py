@@ -277,12 +277,12 @@ class RewardFn:
         return not protocol.rule_errors(traj.format_errors, self.format_rules)
 
     def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:
-        """[P, G, C] from graded trajectories (``traj.correct`` already set by the rollout)."""
+        """[P, G, C] from graded trajectories (``traj.score`` already set by the rollout)."""
         sizes = {len(g) for g in groups}
         if len(sizes) > 1:
             raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
         return reward_components(
-            [[t.correct for t in g] for g in groups],
+            [[t.score for t in g] for g in groups],
             [[t.parsed().num_calls for t in g] for g in groups],  # paired tags (official count)
             [[trajectory_length(t, self.length_source) for t in g] for g in groups],
             [[float(self.format_ok(t)) for t in g] for g in groups],

@@ -450,7 +450,7 @@ class RolloutEngine:
                 trajs.append(Trajectory(
                     id=f"{group_id}#{k}", example_id=ex.id, group_id=group_id, response_text=text,
                     prompt_ids=list(row.prompt_ids), response_ids=list(row.ids), response_mask=list(row.mask),
-                    logprobs=list(row.logprobs), tool_calls=list(row.calls), answer=answer, correct=correct,
+                    logprobs=list(row.logprobs), tool_calls=list(row.calls), answer=answer, score=correct,
                     finish_reason=row.finish or F_ERROR,
                     format_errors=[e.code for e in protocol.validate(text)],
                     timing={"gen_s": row.gen_s, "tool_s": row.tool_s, "total_s": max(0.0, t_end - row.t0)},
