@@ -64,7 +64,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example],
-            policy: grading.GradingPolicy) -> list[dict[str, Any]]:
+            policy: grading.Grader) -> list[dict[str, Any]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         groups[t.group_id or t.example_id].append(t)
@@ -87,11 +87,11 @@ def compute_metrics(
     trajs: Sequence[Trajectory],
     examples_by_id: Mapping[str, Example],
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
-    policy: grading.GradingPolicy | None = None,
+    policy: grading.Grader | None = None,
 ) -> dict[str, Any]:
     """All metrics of one set of trajectories (see module docstring); ``policy`` decides
     which scores count as a success (default: QA F1 >= 0.75)."""
-    policy = policy or grading.GradingPolicy()
+    policy = policy or grading.Grader()
     for t in trajs:
         if t.example_id not in examples_by_id:
             raise ValueError(f"compute_metrics: trajectory {t.id!r} refers to unknown example {t.example_id!r}")

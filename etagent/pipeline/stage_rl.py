@@ -5,7 +5,7 @@ current policy, selects questions with the `sampling` group (NSGA-II Pareto by d
 trains GRPO with the `reward` group's reward, checkpoints and evaluates on dev. Stage
 markers and GRPO checkpoints make a killed run resume where it stopped.
 
-The rollouts are graded by one :class:`etagent.grading.GradingPolicy` built from
+The rollouts are graded by one :class:`etagent.grading.Grader` built from
 ``reward.qa_metric`` and ``grading.qa_threshold`` (what the reward sees is what the engine
 graded). Backends: ``hf`` shares the trainer's in-process model; ``vllm`` is handed a saved
 checkpoint directory (``rl/vllm_weights``) and reloaded from it after every update
