@@ -16,6 +16,7 @@ never follow the trainer).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def _backend_kind(ctx: RunContext) -> str:
 def run(ctx: RunContext) -> dict:
     from etagent.config.validate import ConfigError
     from etagent.rl.curriculum import run_curriculum
+    from etagent.rl.grpo import GRPOTrainer
 
     kind = _backend_kind(ctx)
     if kind == "server":
@@ -69,8 +71,13 @@ def run(ctx: RunContext) -> dict:
     start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
+    reward = build(ctx.cfg.reward, "reward")
+    schedule = build(ctx.cfg.schedule, "schedule")
+    rl = build(ctx.cfg.rl, "rl")  # the hyper-parameters, with the algorithm (rl.algo) built inside
+    # the trainer only samples, scores, updates and checkpoints; what it optimises is rl.algo
+    make_trainer = functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
     # reward.qa_metric grades the RL rollouts (the engine sets traj.correct the reward uses)
-    policy = components.grading_policy(ctx, build(ctx.cfg.reward, "reward").qa_metric)
+    policy = components.grading_policy(ctx, reward.qa_metric)
     with components.make_toolset(ctx) as toolset:
 
         def make_engine(model, tok):
@@ -87,11 +94,11 @@ def run(ctx: RunContext) -> dict:
             return metrics["overall"]
 
         result = run_curriculum(
-            start, train, dev, ctx.cfg.schedule, ctx.cfg.rl, ctx.cfg.reward, sampler, rdir, ctx.tracker,
+            start, train, dev, schedule, rl, reward, sampler, rdir, ctx.tracker,
             evaluate_fn if dev else None, make_engine=make_engine,
-            load_fn=lambda p: components.load_policy(ctx, p),
+            load_fn=lambda p: components.load_policy(ctx, p), make_trainer=make_trainer,
         )
-    out = {"stages": len(ctx.cfg.schedule.stages)}
+    out = {"stages": len(schedule.stages)}
     if isinstance(result, dict):
         out.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
     if ctx.cfg.get("export") == "verl":
