@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from etagent.config import build
 from etagent.evaluation.evaluate import evaluate
@@ -56,10 +56,23 @@ def _backend_kind(ctx: RunContext) -> str:
     return "hf" if target.endswith("HFBackend") else "vllm" if target.endswith("VLLMBackend") else "server"
 
 
+def rl_components(cfg: Any) -> tuple[Any, Any, Any, Callable[..., Any]]:
+    """(schedule, rl hyper-parameters, reward, trainer factory), each instantiated from its ``_target_``.
+
+    The algorithm is ``rl.algo`` (built inside ``rl``): the trainer only samples, scores,
+    updates and checkpoints, so ``rl/algo=rloo`` is the whole change for RLOO.
+    """
+    from etagent.rl.grpo import GRPOTrainer
+
+    reward = build(cfg.reward, "reward")
+    schedule = build(cfg.schedule, "schedule")
+    rl = build(cfg.rl, "rl")
+    return schedule, rl, reward, functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+
+
 def run(ctx: RunContext) -> dict:
     from etagent.config.validate import ConfigError
     from etagent.rl.curriculum import run_curriculum
-    from etagent.rl.grpo import GRPOTrainer
 
     kind = _backend_kind(ctx)
     if kind == "server":
@@ -71,11 +84,7 @@ def run(ctx: RunContext) -> dict:
     start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
-    reward = build(ctx.cfg.reward, "reward")
-    schedule = build(ctx.cfg.schedule, "schedule")
-    rl = build(ctx.cfg.rl, "rl")  # the hyper-parameters, with the algorithm (rl.algo) built inside
-    # the trainer only samples, scores, updates and checkpoints; what it optimises is rl.algo
-    make_trainer = functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+    schedule, rl, reward, make_trainer = rl_components(ctx.cfg)
     # reward.qa_metric grades the RL rollouts (the engine sets traj.correct the reward uses)
     policy = components.grading_policy(ctx, reward.qa_metric)
     with components.make_toolset(ctx) as toolset:

@@ -41,7 +41,7 @@ import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,7 +82,7 @@ class GRPOConfig:
     checkpoint_every: int = 25  # 0: only at the end of the stage
     keep_checkpoints: int = 2
     algo: Any = field(default_factory=Algorithm)  # advantage estimator + policy loss (conf/rl/algo)
-    old_logprobs: str = "recompute"  # recompute | rollout
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
     seed: int = 0
 
     def __post_init__(self) -> None:

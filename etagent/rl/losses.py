@@ -9,6 +9,7 @@ clip_low`` and ``agg=token-mean`` is DAPO's clip-higher.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -73,7 +74,7 @@ class PPOClip:
 
     clip_low: float = 0.2
     clip_high: float = 0.2  # > clip_low: DAPO's clip-higher
-    agg: str = "token-mean"  # token-mean | seq-mean-token-mean
+    agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
 
     def __post_init__(self) -> None:
         if self.agg not in LOSS_AGGS:
