@@ -111,6 +111,7 @@ def test_a_bad_algorithm_value_fails_naming_the_key(tmp_path):
 
 def test_rloo_by_one_override_on_the_smoke_preset_trains_with_rloo(tmp_path, monkeypatch):
     """`rl/algo=rloo` is the whole change: the stage's components come from config and every step uses RLOO."""
+    from etagent.config.validate import validate
     from etagent.pipeline.stage_rl import rl_components
     from etagent.rl.curriculum import run_curriculum
     from etagent.rl.sampling import AllSampler
@@ -127,6 +128,7 @@ def test_rloo_by_one_override_on_the_smoke_preset_trains_with_rloo(tmp_path, mon
     monkeypatch.setattr(GroupNorm, "__call__", lambda self, r: calls.__setitem__("grpo", calls["grpo"] + 1))
     cfg = compose(["preset=smoke", "rl/algo=rloo", "rl.bf16=false",
                    "schedule.stages=[{steps:2,sample_questions:6,k:4,select:3}]"], run_dir=tmp_path)
+    validate(cfg)  # the start-up check accepts the algo group's keys
     schedule, rl, reward, make_trainer = rl_components(cfg)
     assert rl.algo.name == "rloo" and isinstance(rl.algo.advantage, LeaveOneOut)
     assert (rl.group_size, rl.prompts_per_step, len(schedule.stages)) == (4, 4, 1)  # smoke sizes
