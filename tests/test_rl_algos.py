@@ -102,11 +102,16 @@ def test_algo_group_builds_each_algorithm(tmp_path):
 
 
 def test_a_bad_algorithm_value_fails_naming_the_key(tmp_path):
-    from etagent.config.validate import ConfigError
+    from etagent.config.validate import ConfigError, validate
     from etagent.pipeline.stage_rl import rl_components
 
+    bad = compose(["rl.algo.loss.agg=sum"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"rl\.algo\.loss\.agg"):
+        validate(bad)  # at start-up, before any stage runs
     with pytest.raises(ConfigError, match="loss.agg"):
-        rl_components(compose(["rl.algo.loss.agg=sum"], run_dir=tmp_path))
+        rl_components(bad)
+    with pytest.raises(ConfigError, match=r"unknown key `rl\.algo\.advantage\.eps`"):
+        validate(compose(["rl/algo=rloo", "+rl.algo.advantage.eps=1"], run_dir=tmp_path))  # RLOO has no eps
 
 
 def test_rloo_by_one_override_on_the_smoke_preset_trains_with_rloo(tmp_path, monkeypatch):
