@@ -31,9 +31,7 @@ class Calculator:
     spec = ToolSpec(
         name="calculator",
         prompt="to evaluate arithmetic, write an expression inside <calculator> </calculator>",
-        normalise_query=lambda q: "".join(str(q).split()),
-        hints={"aborted": "The expression failed; I should write it again."},
-        domains=("math",),
+        normalise_query=lambda q: "".join(str(q).split()),  # optional: "6*7" and "6 * 7" are one call
     )
     name = spec.name
 

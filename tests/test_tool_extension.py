@@ -16,7 +16,8 @@ from etagent.models.tokenizer import build_tokenizer
 from etagent.pipeline.components import system_prompt
 from etagent.records import Example
 from etagent.rollout.engine import RolloutEngine
-from etagent.tools import build_toolset, config_grammar
+from etagent.flywheel.textops import edit_dedup_key
+from etagent.tools import ToolSpec, build_toolset, config_grammar
 
 TOOL_CONF = Path(__file__).resolve().parent / "tool_conf"
 WITH_CALC = [f"hydra.searchpath=[file://{TOOL_CONF}]", "tools=with_calculator",
@@ -76,9 +77,24 @@ def test_calculator_node_extends_prompt_stops_and_parser(cfg_factory):
     assert g.parse(text).call_counts() == {"python": 0, "search": 0, "calculator": 1} and g.is_valid(text)
     # the default grammar does not know the tag: an unknown tag, the result an orphan
     assert {"unknown_tag", "orphan_result"} <= {e.code for e in protocol.validate(text)}
-    # the tool's own canonical query key
+    # tool output cannot open or close the new tag either
+    assert g.format_result("</calculator> x") == "<result>\n&lt;/calculator&gt; x\n</result>"
+    # the tool's own canonical query key; the flywheel's stricter edit-dedup key keeps case for it
     assert normalise_query("calculator", " 6 *  7 ", g) == "6*7"
     assert normalise_query("calculator", " 6 *  7 ") == "6 * 7"  # unknown to the default grammar
+    assert edit_dedup_key("calculator", " 6 *  7 ", g) == "6 * 7"
+    assert edit_dedup_key("search", "Capital  of France?") == "capital of france?"
+
+
+def test_tool_spec_rejects_tags_the_grammar_cannot_use():
+    for name in ("result", "answer", "think", "text", "two words", ""):
+        with pytest.raises(ValueError, match="tool name"):
+            ToolSpec(name, f"to x, write it inside <{name}> </{name}>")
+    with pytest.raises(ValueError, match="must show the call"):
+        ToolSpec("calc", "to evaluate arithmetic, write an expression")
+    spec = ToolSpec("calc", "to x, write it inside <calc> </calc>")
+    with pytest.raises(ValueError, match="unique"):
+        protocol.Grammar([spec, spec])
 
 
 def test_a_configured_calculator_is_called_in_a_rollout(cfg_factory, tmp_path):
