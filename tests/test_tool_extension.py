@@ -137,3 +137,21 @@ def test_grammar_follows_a_reduced_tool_set(cfg_factory):
     assert "<search>" not in g.system_prompt and "To run Python code, write it inside <python> </python>." in g.system_prompt
     text = "<think>t</think><search>x</search><result>\nr\n</result><answer>\\boxed{1}</answer>"
     assert g.parse(text).num_calls == 0 and "unknown_tag" in {e.code for e in g.validate(text)}
+
+
+def test_fault_hint_tool_comes_from_the_specs(cfg_factory):
+    """The flywheel picks a hint's tool from the grammar: a failed call's own tool, else the first
+    tool whose spec lists the domain (default tools: math -> python, qa -> search)."""
+    from etagent.flywheel.fault import ABORTED, INSUFFICIENT, Fault, tool_for_fault
+    from etagent.records import ToolCall, Trajectory
+
+    g = config_grammar(cfg_factory(["+tools.calculator={_target_: calculator_tool.Calculator}"]).tools)
+    math = Example(id="m", question="q", answers=["1"], domain="math", source="t")
+    qa = Example(id="q", question="q", answers=["a"], domain="qa", source="t")
+    failed = Trajectory(id="t", example_id="m", group_id="m", response_text="",
+                        tool_calls=[ToolCall("calculator", "1/0", "Error", "error", 0.0)])
+    plain = Trajectory(id="u", example_id="m", group_id="m", response_text="")
+    assert tool_for_fault(math, Fault(0, INSUFFICIENT, 0), plain) == "python"
+    assert tool_for_fault(qa, Fault(0, INSUFFICIENT, 0), plain) == "search"
+    assert tool_for_fault(math, Fault(0, ABORTED, 0), failed, g) == "calculator"
+    assert tool_for_fault(math, Fault(0, ABORTED, 0), failed) == "python"  # unknown to the default grammar
