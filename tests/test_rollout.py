@@ -223,7 +223,9 @@ def test_malformed_output_never_crashes_and_ids_are_kept(tok, tools):
     scripts["Q code tag?"] = [["<code>print(1)</code> done<|endoftext|>"]]
     examples.append(Example(id="code", question="Q code tag?", answers=["42"], domain="math", source="t"))
     be = Scripted(tok, scripts)
-    trajs = RolloutEngine(be, py_only).rollout(examples, 1, SamplingParams())
+    # the default grammar knows <search> although this tool set lacks it (the tool set's own
+    # grammar would not parse it as a call: tests/test_tool_extension.py)
+    trajs = RolloutEngine(be, py_only, grammar=protocol.default_grammar()).rollout(examples, 1, SamplingParams())
     for (name, (_, status, needle)), t in zip(cases.items(), trajs):
         assert [c.status for c in t.tool_calls] == [status], name
         assert needle in t.tool_calls[0].result, (name, t.tool_calls[0].result)
