@@ -112,7 +112,7 @@ def test_a_configured_calculator_is_called_in_a_rollout(cfg_factory, tmp_path):
     assert [(c.kind, c.query, c.result, c.status) for c in t.tool_calls] == [("calculator", "6 * 7", "42", "ok")]
     assert "<calculator>6 * 7</calculator><result>\n42\n</result>" in t.response_text
     assert "ignored" not in t.response_text
-    assert t.finish_reason == "answer" and t.correct == 1.0 and t.format_errors == []
+    assert t.finish_reason == "answer" and t.score == 1.0 and t.format_errors == []
     assert t.num_calls == 1 and t.behaviour["n_calls"] == 1 and t.behaviour["n_aborted"] == 0
     assert "<calculator> </calculator>" in tok.decode(t.prompt_ids, skip_special_tokens=False)
 
