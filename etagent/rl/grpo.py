@@ -37,7 +37,7 @@ import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -79,10 +79,10 @@ class GRPOConfig:
                                                 "target_modules": "all-linear"})
     checkpoint_every: int = 25  # 0: only at the end of the stage
     keep_checkpoints: int = 2
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean
+    loss_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"  # token-mean | seq-mean-token-mean
     norm_adv_by_std: bool = True
     adv_eps: float = 1e-6
-    old_logprobs: str = "recompute"  # recompute | rollout
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"  # recompute | rollout
     seed: int = 0
 
     def __post_init__(self) -> None:
