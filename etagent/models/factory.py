@@ -40,7 +40,6 @@ class ModelSpec:
     max_position_embeddings: int = 1024
     use_system_prompt: bool = False
     dtype: str = "float32"  # weights dtype on load; training uses bf16 autocast where supported
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("scratch", "pretrained"):
