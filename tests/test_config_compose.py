@@ -64,6 +64,10 @@ def test_sweep_jobs_are_the_cartesian_product_of_the_sweeps():
     ("eval.qa_metric=acc", "eval.qa_metric"),
     ("tools.search.style=fancy", "tools.search.style"),
     ("device=tpu", "device"),
+    ("rollout.strategy=beam", "rollout.strategy"),
+    ("rollout.budget=per_call", "rollout.budget"),
+    ("backend.cache_impl=paged", "backend.cache_impl"),
+    ("model.kind=pretrianed", "model.kind"),
     ("seed_sft.lr=fast", "seed_sft.lr"),
     ("prompts.system=[a]", "prompts.system"),
 ])
@@ -112,3 +116,7 @@ def test_literal_choices_match_the_checks_in_code():
     assert choices(search.build_search_tool, "backend") == search.BACKENDS
     assert set(choices(search.build_search_tool, "style")) == set(base.STYLES)
     assert choices(EvalConfig, "qa_metric") == ("f1", "em")
+    from etagent.rollout import engine
+
+    assert choices(engine.RolloutEngine.__init__, "strategy") == engine.STRATEGIES
+    assert choices(engine.RolloutEngine.__init__, "budget") == engine.BUDGETS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -32,7 +32,7 @@ class ModelSpec:
     """
 
     name: str = "tiny"
-    kind: str = "scratch"  # scratch | pretrained
+    kind: Literal["scratch", "pretrained"] = "scratch"
     path: str | None = None
     size: str | None = "tiny"
     arch: dict[str, Any] = field(default_factory=dict)
