@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from etagent.config import ConfigError, validate
+from etagent.config import ConfigError, preflight, validate
 from etagent.config.location import conf_dir
 
 
@@ -45,6 +45,11 @@ def main() -> None:
         print(help_text() + "\n")  # the stage list (etagent.pipeline.registry), then Hydra's own help
     # An absolute config dir: the checkout's conf/ or the wheel's copy (etagent.config.location).
     # A relative "../conf" resolved only from a checkout run as `python -m`, not the console script.
+    try:  # a bad key or value fails here, composed, before Hydra makes a run directory
+        preflight.check_argv(sys.argv[1:], str(conf_dir()))
+    except ConfigError as exc:
+        print(f"[etagent] config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_hydra_main)()
 
 

@@ -15,6 +15,7 @@ from etagent.records import Example, PlanStep, Trajectory, read_jsonl
 from etagent.tools.base import ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
 
+from conftest import compose
 from test_flywheel_strategies import DUP, GUESS, FakeEngine
 
 R = protocol.format_result
@@ -74,7 +75,7 @@ def test_two_rounds_persist_resume_and_report(toolset, tmp_path):
 
 def test_none_ablation_keeps_only_samples_and_stops_without_gain(toolset, tmp_path):
     engine = FakeEngine(toolset, lambda ex, p, k: SHORT)
-    cfg = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "f": OmegaConf.load("conf/flywheel/none.yaml")}).f
+    cfg = compose(["flywheel=none", "grading.qa_threshold=0.75"]).flywheel  # a delta of flywheel/full
     cfg.seed = 0
     cfg.samples_per_question = 2
     pool = run_flywheel(engine, _examples(2), cfg, tmp_path)
@@ -94,8 +95,7 @@ def test_configs_validate_and_instantiate():
     from hydra.utils import instantiate
 
     for name, strategies in names.items():
-        root = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "flywheel": OmegaConf.load(f"conf/flywheel/{name}.yaml"),
-                                 "stages": ["flywheel"]})
+        root = compose([f"flywheel={name}", "grading.qa_threshold=0.75", "stages=[flywheel]"])
         node = root.flywheel
         node.seed = 0
         validate(root)

@@ -276,11 +276,11 @@ def test_resume_continues_step_count_and_data_order(tmp_path):
 
 
 def test_correctness_and_efficiency_rewards_both_run(tmp_path):
-    from omegaconf import OmegaConf
+    from conftest import compose
 
     out = {}
     for mode in ("correctness", "efficiency"):
-        node = OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / f"{mode}.yaml")}).r
+        node = compose([f"reward={mode}", "grading.qa_metric=f1"]).reward  # correctness: a delta of efficiency
         tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), node, cfg(bf16=mode == "efficiency"), tmp_path / mode, None)
         out[mode] = tr.train(examples(6), "rl/x", total_steps=2)["history"]
     c, e = out["correctness"], out["efficiency"]

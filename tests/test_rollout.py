@@ -325,9 +325,11 @@ def test_untrained_tiny_model_garbage_with_real_tools(tok, tools):
 def test_config_files_instantiate(tok, tools):
     from hydra.utils import instantiate
 
+    from conftest import compose
+
     be = Scripted(tok, {})
     for name in ("default", "branching"):
-        cfg = OmegaConf.create({"seed": 3, "rollout": OmegaConf.load(f"conf/rollout/{name}.yaml")})
+        cfg = compose([f"rollout={name}", "seed=3"])  # branching: a delta of rollout/default
         eng = instantiate(cfg.rollout, backend=be, toolset=tools, system_prompt=None)
         assert isinstance(eng, RolloutEngine) and eng.strategy == ("standard" if name == "default" else "branching")
     assert isinstance(eng.brancher, EntropyBrancher) and eng.brancher.seed == 3

@@ -88,21 +88,15 @@ class FlywheelConfig:
 
 
 def coerce_config(cfg: Any) -> FlywheelConfig:
-    """Accept a FlywheelConfig, a dict or an OmegaConf node (``_target_`` ignored)."""
+    """A FlywheelConfig, or a ``flywheel`` config node built from its ``_target_``."""
     if isinstance(cfg, FlywheelConfig):
         return cfg
-    from omegaconf import OmegaConf
+    from etagent.config import build
 
-    if OmegaConf.is_config(cfg):
-        from hydra.utils import instantiate
-
-        return instantiate(cfg) if "_target_" in cfg else FlywheelConfig(**OmegaConf.to_container(cfg, resolve=True))
-    d = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-    names = {f.name for f in dataclasses.fields(FlywheelConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"flywheel config: unknown keys {unknown}")
-    return FlywheelConfig(**d)
+    built = build(cfg, "flywheel")
+    if not isinstance(built, FlywheelConfig):
+        raise TypeError(f"flywheel config: expected a FlywheelConfig or a node with its _target_, got {type(built).__name__}")
+    return built
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -151,7 +151,4 @@ def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None)
 
 def sft_config(ctx: RunContext, which: str):
     """SFT config for `seed` or `ase`: the `train` group with that stage's overrides."""
-    base = OmegaConf.to_container(ctx.cfg.train, resolve=True)
-    over = ctx.cfg.get(f"{which}_sft") or {}
-    base.update(OmegaConf.to_container(over, resolve=True) if OmegaConf.is_config(over) else dict(over))
-    return build(OmegaConf.create(base), f"train ({which})")
+    return build(ctx.cfg.train, f"train ({which})", **(ctx.cfg.get(f"{which}_sft") or {}))

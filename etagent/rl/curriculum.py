@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -80,7 +80,7 @@ class Schedule:
 
     stages: list = field(default_factory=lambda: [{}])
     eval_before: bool = True  # dev eval of the starting policy (logged as stage 0)
-    on_empty: str = "sampled"  # sampled | skip
+    on_empty: Literal["sampled", "skip"] = "sampled"  # sampled | skip
     sample_batch: int = 64  # questions per rollout call while sampling
     save_samples: bool = True  # keep stage_<k>/samples.jsonl (the sampled trajectories)
     seed: int = 0

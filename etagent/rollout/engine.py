@@ -55,7 +55,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from etagent import grading, protocol
 from etagent.backends.base import EOS, LENGTH, Completion, GenerationBackend, SamplingParams
@@ -129,9 +129,9 @@ class RolloutEngine:
 
     def __init__(self, backend: GenerationBackend, toolset: Any, grader: Callable[[Example, str | None], float] | None = None,
                  *, system_prompt: str | None = None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
-                 max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: str = "standard",
+                 max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: Literal["standard", "branching"] = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
-                 budget: str = "total", max_calls_total: int = 6,
+                 budget: Literal["total", "per_kind"] = "total", max_calls_total: int = 6,
                  label_behaviour: bool = True, progress_min_rows: int = 256, grammar: protocol.Grammar | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
