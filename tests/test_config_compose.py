@@ -55,7 +55,7 @@ def test_sweep_jobs_are_the_cartesian_product_of_the_sweeps():
 
 @pytest.mark.parametrize("override,key", [
     ("rl.old_logprobs=rolout", "rl.old_logprobs"),
-    ("rl.loss_agg=mean", "rl.loss_agg"),
+    ("rl.algo.loss.agg=mean", "rl.algo.loss.agg"),
     ("reward.length_source=tokens", "reward.length_source"),
     ("reward.format_rules=lax", "reward.format_rules"),
     ("schedule.on_empty=drop", "schedule.on_empty"),
@@ -99,7 +99,7 @@ def test_literal_choices_match_the_checks_in_code():
     """The Literal annotations (compose-time) and the tuples the code checks (build time) agree."""
     from etagent import protocol
     from etagent.evaluation import EvalConfig
-    from etagent.rl import curriculum, grpo, reward
+    from etagent.rl import curriculum, grpo, losses, reward
     from etagent.tools import search
     from etagent.tools.search import base
 
@@ -110,7 +110,7 @@ def test_literal_choices_match_the_checks_in_code():
     assert choices(reward.RewardFn, "schedule") == reward.SCHEDULES
     assert choices(reward.RewardFn, "length_source") == reward.LENGTH_SOURCES
     assert choices(reward.RewardFn, "format_rules") == protocol.FORMAT_RULES
-    assert choices(grpo.GRPOConfig, "loss_agg") == grpo.LOSS_AGGS
+    assert choices(losses.PPOClip, "agg") == losses.LOSS_AGGS
     assert choices(grpo.GRPOConfig, "old_logprobs") == grpo.OLD_LOGPROBS
     assert choices(curriculum.Schedule, "on_empty") == curriculum.ON_EMPTY
     assert choices(search.build_search_tool, "backend") == search.BACKENDS
