@@ -96,6 +96,20 @@ def unread_target_keys(target_path: str, keys: list[str]) -> list[str]:
     return [k for k in keys if k not in used]
 
 
+@lru_cache(maxsize=None)
+def mapping_params(target_path: str) -> frozenset[str]:
+    """Parameters of a target that take a free-form mapping (e.g. the evolver's ``hints``
+    templates keyed "<fault>.<tool>"): their keys are data the code looks up, not knobs."""
+    target = _locate(target_path)
+    fn = target.__init__ if inspect.isclass(target) and not dataclasses.is_dataclass(target) else target
+    out = set()
+    for name, p in inspect.signature(fn).parameters.items():
+        ann = str(p.annotation)
+        if re.search(r"\b(Mapping|dict)\[str, *str\]", ann):
+            out.add(name)
+    return frozenset(out)
+
+
 def _collection(node: DictConfig) -> bool:
     values = [node._get_node(k) for k in node.keys()]
     return bool(values) and all(isinstance(v, DictConfig) and (v._is_none() or "_target_" in v) for v in values)
@@ -121,8 +135,11 @@ def dead_keys(node, where: str, used: frozenset[str] = frozenset()) -> list[str]
     elif not _collection(node):
         reads = package_reads()
         out += [f"{where}.{k}" for k in keys if k not in reads.attrs and k not in reads.names]
+    data = mapping_params(str(node["_target_"])) if "_target_" in node else frozenset()
     for k in keys:
         child = node._get_node(k)
+        if k in data:
+            continue
         if isinstance(child, (DictConfig, ListConfig)) and not child._is_none():
             out += dead_keys(child, f"{where}.{k}" if where else k, used)
     return out
