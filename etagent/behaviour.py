@@ -5,14 +5,16 @@
 insufficient, erroneous, method`` plus diagnostics ``n_useful``, ``redundant_calls``,
 ``aborted_calls`` and ``budget_calls`` (call indices). ``n_calls`` counts paired tags in the
 text (the official rule; a stray closer is no call). A trajectory is "wrong" when the grading
-policy's ``is_success(domain, traj.correct)`` is false (default: math < 1; QA F1 < 0.75).
+policy's ``is_success(domain, traj.score)`` is false (default: math < 1; QA F1 < 0.75).
 
 Calls are taken in order. A call is **aborted** when it ran and failed (tool error, timeout,
 invalid call); a call refused by the tool budget is counted apart (``n_budget``: the model
 asked for too many calls, nothing failed to execute). Neither is ever counted redundant.
-A **duplicate** is an ok call with the same kind and normalised query (python: all
-whitespace removed; search: lower-cased, punctuation dropped, whitespace collapsed) as
-an earlier ok call.
+A **duplicate** is an ok call with the same kind and canonical query (the tool's own
+``ToolSpec.normalise_query``: python: all whitespace removed; search: lower-cased,
+punctuation dropped, whitespace collapsed; a tool without its own: whitespace collapsed) as
+an earlier ok call. Calls are recognised with the rollout's grammar (``grammar``; default:
+the default python/search grammar).
 
 Exact method (synthetic tasks: ``example.plan`` is a list of ``PlanStep``; each step's
 ``expect`` is the value it must surface). A plan step is satisfied once its ``expect``
@@ -58,19 +60,14 @@ from etagent.salient import salient_tokens
 EXACT, HEURISTIC = "exact", "heuristic"
 
 _NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_PUNCT_RE = re.compile(r"[^\w\s]")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def normalise_query(kind: str, query: str) -> str:
-    q = " ".join(str(query).split())
-    if kind == protocol.PYTHON:
-        q = "".join(q.split())  # why: "6*7" and "6 * 7" are the same call
-    elif kind == protocol.SEARCH:
-        q = " ".join(_PUNCT_RE.sub(" ", q.lower()).split())
-    return q
+def normalise_query(kind: str, query: str, grammar: protocol.Grammar | None = None) -> str:
+    """The canonical query key of a ``kind`` call: the tool's own ``ToolSpec.normalise_query``."""
+    return (grammar or protocol.default_grammar()).canonical_query(kind, query)
 
 
 def _as_number(s: str) -> float | None:
@@ -101,15 +98,15 @@ def _salient(result: str, exclude: set[str]) -> set[str]:
     return salient_tokens(result) - exclude
 
 
-def _later_texts(traj: Trajectory) -> list[str]:
+def _later_texts(traj: Trajectory, grammar: protocol.Grammar) -> list[str]:
     """For each tool call, the model text that follows its result (results excluded).
 
-    Calls are aligned with the parsed ``<python>``/``<search>`` segments by order when the
-    counts agree; otherwise each query is searched for in order in the response text.
+    Calls are aligned with the parsed tool-call segments by order when the counts agree;
+    otherwise each query is searched for in order in the response text.
     """
-    segs = protocol.parse(traj.response_text).segments
+    segs = grammar.parse(traj.response_text).segments
     model = [(s.start, s.end, s.render()) for s in segs if s.kind != protocol.RESULT]
-    calls = [s for s in segs if s.kind in protocol.TOOL_TAGS]
+    calls = [s for s in segs if s.kind in grammar.tool_tags]
 
     def after(pos: int) -> str:
         return "".join(t[max(0, pos - st) :] if st < pos < en else t for st, en, t in model if en > pos)
@@ -128,19 +125,20 @@ def _later_texts(traj: Trajectory) -> list[str]:
 
 
 def _is_wrong(traj: Trajectory, example: Example, policy: grading.GradingPolicy | None = None) -> bool:
-    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.correct))
+    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.score))
 
 
-def call_count(traj: Trajectory) -> int:
-    """Tool calls of a trajectory by the official rule: paired ``<python>``/``<search>`` tags
-    in its text (a stray closer or an unclosed opener is not a call)."""
-    return protocol.parse(traj.response_text).num_calls
+def call_count(traj: Trajectory, grammar: protocol.Grammar | None = None) -> int:
+    """Tool calls of a trajectory by the official rule: paired tool tags in its text (a stray
+    closer or an unclosed opener is not a call)."""
+    return (grammar or protocol.default_grammar()).parse(traj.response_text).num_calls
 
 
 # --------------------------------------------------------------------------- labelling
 
 
-def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list[int], refused: list[int]):
+def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list[int], refused: list[int],
+                  grammar: protocol.Grammar):
     """Yield (index, call) for calls that ran and repeat no earlier call; failed calls go to
     ``aborted``, calls refused by the budget to ``refused`` (a budget refusal is not a failed
     execution) and repeats (same kind + normalised query) to ``redundant``, in order."""
@@ -152,7 +150,7 @@ def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list
         if c.status != OK:
             aborted.append(i)
             continue
-        key = (c.kind, normalise_query(c.kind, c.query))
+        key = (c.kind, grammar.canonical_query(c.kind, c.query))
         if key in seen:
             redundant.append(i)
             continue
@@ -160,14 +158,14 @@ def _new_ok_calls(calls: Sequence[ToolCall], redundant: list[int], aborted: list
         yield i, c
 
 
-def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep], refused: list[int]
-                       ) -> tuple[list[int], list[int], int, int]:
+def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep], refused: list[int],
+                       grammar: protocol.Grammar) -> tuple[list[int], list[int], int, int]:
     """(redundant indices, aborted indices, n_useful, n_satisfied_steps); fills ``refused``."""
     needed = list(range(len(plan)))
     redundant: list[int] = []
     aborted: list[int] = []
     useful = 0
-    for i, c in _new_ok_calls(calls, redundant, aborted, refused):
+    for i, c in _new_ok_calls(calls, redundant, aborted, refused, grammar):
         hit = [j for j in needed if surfaces(c.result, plan[j].expect)]
         if hit:
             useful += 1
@@ -177,13 +175,14 @@ def _label_calls_exact(calls: Sequence[ToolCall], plan: Sequence[PlanStep], refu
     return redundant, aborted, useful, len(plan) - len(needed)
 
 
-def _label_calls_heuristic(traj: Trajectory, question: str, refused: list[int]) -> tuple[list[int], list[int], int]:
-    later = _later_texts(traj)
+def _label_calls_heuristic(traj: Trajectory, question: str, refused: list[int],
+                           grammar: protocol.Grammar) -> tuple[list[int], list[int], int]:
+    later = _later_texts(traj, grammar)
     q_tokens = _tokens(question)
     redundant: list[int] = []
     aborted: list[int] = []
     useful = 0
-    for i, c in _new_ok_calls(traj.tool_calls, redundant, aborted, refused):
+    for i, c in _new_ok_calls(traj.tool_calls, redundant, aborted, refused, grammar):
         sal = _salient(c.result, q_tokens | _tokens(c.query))
         if sal and sal & _tokens(later[i]):
             useful += 1
@@ -193,8 +192,10 @@ def _label_calls_heuristic(traj: Trajectory, question: str, refused: list[int]) 
 
 
 def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None,
-                    policy: grading.GradingPolicy | None = None) -> dict[str, Any]:
+                    policy: grading.GradingPolicy | None = None, grammar: protocol.Grammar | None = None
+                    ) -> dict[str, Any]:
     """Behaviour counts and flags of one trajectory (see module docstring)."""
+    grammar = grammar or protocol.default_grammar()
     if traj.example_id and traj.example_id != example.id:
         raise ValueError(f"label_behaviour: trajectory {traj.id!r} is for {traj.example_id!r}, not {example.id!r}")
     wrong = _is_wrong(traj, example, policy)
@@ -202,11 +203,11 @@ def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] 
     insufficient: bool | None
     erroneous: bool | None
     if example.plan is not None:
-        redundant, aborted, useful, satisfied = _label_calls_exact(traj.tool_calls, example.plan, refused)
+        redundant, aborted, useful, satisfied = _label_calls_exact(traj.tool_calls, example.plan, refused, grammar)
         complete = satisfied == len(example.plan)
         insufficient, erroneous, method = wrong and not complete, wrong and complete, EXACT
     else:
-        redundant, aborted, useful = _label_calls_heuristic(traj, example.question, refused)
+        redundant, aborted, useful = _label_calls_heuristic(traj, example.question, refused, grammar)
         siblings = [t for t in group or [] if t is not traj and (not t.id or t.id != traj.id)]
         if not wrong:
             insufficient = erroneous = False
@@ -219,7 +220,7 @@ def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] 
             erroneous = not insufficient
         method = HEURISTIC
     return {
-        "n_calls": call_count(traj),
+        "n_calls": call_count(traj, grammar),
         "n_redundant": len(redundant),
         "n_aborted": len(aborted),
         "n_budget": len(refused),
@@ -236,11 +237,11 @@ def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] 
     }
 
 
-def label_group(group: list[Trajectory], example: Example,
-                policy: grading.GradingPolicy | None = None) -> list[dict[str, Any]]:
+def label_group(group: list[Trajectory], example: Example, policy: grading.GradingPolicy | None = None,
+                grammar: protocol.Grammar | None = None) -> list[dict[str, Any]]:
     """Label every trajectory of a group (siblings inform the heuristic) and store it."""
     out = []
     for t in group:
-        t.behaviour = label_behaviour(t, example, group, policy)
+        t.behaviour = label_behaviour(t, example, group, policy, grammar)
         out.append(t.behaviour)
     return out

@@ -36,14 +36,13 @@ import threading
 import time
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from etagent import protocol
 from etagent.records import MATH, QA, Example
 
 MATH_METRIC, F1, EM = "math", "f1", "em"
-METRICS: tuple[str, ...] = (MATH_METRIC, F1, EM)
-DEFAULT_METRIC = {MATH: MATH_METRIC, QA: F1}
 #: The paper counts a QA rollout as a success when its F1 reaches this (Pareto filter).
 QA_SUCCESS_THRESHOLD = 0.75
 #: math-verify per-call limit (seconds) when running in the main thread.
@@ -259,13 +258,76 @@ def qa_f1(pred: str | None, golds: str | Sequence[str]) -> float:
     return max((_f1(pred, g) for g in _as_list(golds)), default=0.0)
 
 
+def math_score(pred: str, golds: Sequence[str]) -> float:
+    """1.0 if ``pred`` is mathematically equivalent to any gold, else 0.0."""
+    return float(any(math_equal(pred, g) for g in golds))
+
+
+# --------------------------------------------------------------------------- domains
+
+#: Metric name -> ``fn(answer, golds) -> score in [0, 1]`` (never called with answer None).
+METRIC_FNS: dict[str, Callable[[str, Sequence[str]], float]] = {MATH_METRIC: math_score, F1: qa_f1, EM: qa_em}
+METRICS: tuple[str, ...] = tuple(METRIC_FNS)
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    """How one answer domain is graded and what counts as a success.
+
+    ``metrics``: the metrics that may grade it, the first being the default. ``binary``:
+    scores are 0/1, so success is 1 and failure 0 whatever the threshold (math); otherwise a
+    score succeeds when >= the grader's threshold and fails below it (QA F1/EM).
+    """
+
+    name: str
+    metrics: tuple[str, ...]
+    binary: bool = False
+
+    def success(self, score: float, threshold: float) -> bool:
+        return score >= 1.0 if self.binary else score >= threshold
+
+    def failure(self, score: float, threshold: float) -> bool:
+        return score == 0.0 if self.binary else score < threshold
+
+
+#: The answer domains (``Example.domain``); a new domain is one :func:`register_domain` call.
+DOMAIN_RULES: dict[str, DomainRule] = {}
+DEFAULT_METRIC: dict[str, str] = {}
+#: Scores without a domain (pooled trajectories): the threshold rule, exact for 0/1 math scores too.
+_UNTYPED = DomainRule("<any>", (), binary=False)
+
+
+def register_domain(rule: DomainRule, metric_fns: dict[str, Callable[[str, Sequence[str]], float]] | None = None) -> None:
+    """Add an answer domain (and the metrics it needs) to every grader."""
+    METRIC_FNS.update(metric_fns or {})
+    missing = [m for m in rule.metrics if m not in METRIC_FNS]
+    if not rule.metrics or missing:
+        raise ValueError(f"grading: domain {rule.name!r} needs registered metrics, missing {missing or 'all'}")
+    DOMAIN_RULES[rule.name] = rule
+    DEFAULT_METRIC[rule.name] = rule.metrics[0]
+
+
+register_domain(DomainRule(MATH, (MATH_METRIC,), binary=True))
+register_domain(DomainRule(QA, (F1, EM)))
+
+
+def domain_rule(domain: str | None) -> DomainRule:
+    """The rule of ``domain`` (None: the threshold rule); an unknown domain raises."""
+    if domain is None:
+        return _UNTYPED
+    try:
+        return DOMAIN_RULES[domain]
+    except KeyError:
+        raise ValueError(f"grading: unknown domain {domain!r}; expected one of {sorted(DOMAIN_RULES)}") from None
+
+
 def is_qa_success(f1: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
-    return f1 >= threshold
+    return domain_rule(QA).success(f1, threshold)
 
 
-def is_success(domain: str, score: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
-    """A binary success for a graded score: math needs 1, QA needs F1 >= threshold."""
-    return score >= 1.0 if domain == MATH else is_qa_success(score, threshold)
+def is_success(domain: str | None, score: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
+    """A binary success for a graded score (the domain's rule; math needs 1, QA needs F1 >= threshold)."""
+    return domain_rule(domain).success(float(score), threshold)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -275,8 +337,8 @@ def resolve_metric(example: Example, metric: str | None = None) -> str:
     """``metric`` if given, else the example's task metric (``meta['metric']``), else the
     domain default (math -> math-verify, qa -> f1)."""
     m = metric or example.meta.get("metric") or DEFAULT_METRIC[example.domain]
-    if m not in METRICS:
-        raise ValueError(f"unknown grading metric {m!r} for example {example.id!r}; expected one of {METRICS}")
+    if m not in METRIC_FNS:
+        raise ValueError(f"unknown grading metric {m!r} for example {example.id!r}; expected one of {tuple(METRIC_FNS)}")
     return m
 
 
@@ -285,20 +347,18 @@ def grade(example: Example, answer: str | None, metric: str | None = None) -> fl
     m = resolve_metric(example, metric)
     if answer is None:
         return 0.0
-    if m == MATH_METRIC:
-        return float(any(math_equal(answer, g) for g in example.answers))
-    if m == EM:
-        return qa_em(answer, example.answers)
-    return qa_f1(answer, example.answers)
+    return METRIC_FNS[m](answer, example.answers)
 
 
 # --------------------------------------------------------------------------- policy
 
 
-class GradingPolicy:
-    """How a run grades: one object built once from config (``grading`` + the stage's
-    ``qa_metric``) and handed to rollout, reward, Pareto filter, flywheel, behaviour labels
-    and metrics, so they all agree on what "correct" means.
+class Grader:
+    """The one success policy: metric + threshold, with the domain rules (:data:`DOMAIN_RULES`)
+    behind it. Built once from config (``grading`` + the stage's ``qa_metric``) and handed
+    to rollout, reward, Pareto filter/sampler, flywheel, behaviour labels and metrics, so
+    they all agree on what "correct" means; a stage with its own threshold (the flywheel's
+    ``min_correct``, ``sampling.qa_threshold``) uses :meth:`with_threshold`.
 
     ``qa_metric`` (f1 | em) grades QA examples; None keeps each example's task metric
     (``meta['metric']``, else f1). Math always uses math-verify. ``qa_threshold``: a QA
@@ -323,17 +383,19 @@ class GradingPolicy:
         self.math_judge = math_judge
 
     def __repr__(self) -> str:
-        return f"GradingPolicy(qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
+        return f"Grader(qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, GradingPolicy) and (self.qa_metric, self.qa_threshold) == (
+        return isinstance(other, Grader) and (self.qa_metric, self.qa_threshold) == (
             other.qa_metric, other.qa_threshold)
 
     def __hash__(self) -> int:
         return hash((self.qa_metric, self.qa_threshold))
 
     def metric(self, example: Example) -> str:
-        return resolve_metric(example, self.qa_metric if example.domain == QA else None)
+        # the configured metric grades the domains it applies to (f1/em: QA); others keep their own
+        own = self.qa_metric in domain_rule(example.domain).metrics
+        return resolve_metric(example, self.qa_metric if own else None)
 
     def grade(self, example: Example, answer: str | None) -> float:
         metric = self.metric(example)
@@ -341,9 +403,13 @@ class GradingPolicy:
             return float(self.math_judge.grade(example, answer, metric))
         return grade(example, answer, metric)
 
-    def with_judge(self, judge: Any) -> "GradingPolicy":
+    def with_judge(self, judge: Any) -> "Grader":
         """The same policy with math equivalence decided by ``judge``."""
-        return GradingPolicy(self.qa_metric, self.qa_threshold, judge)
+        return Grader(self.qa_metric, self.qa_threshold, judge)
+
+    def with_threshold(self, qa_threshold: float) -> "Grader":
+        """The same policy with another success threshold (e.g. the flywheel's ``min_correct``)."""
+        return Grader(self.qa_metric, qa_threshold, self.math_judge)
 
     __call__ = grade
 
@@ -352,10 +418,28 @@ class GradingPolicy:
         answer = block_answer(text)
         return answer, self.grade(example, answer)
 
-    def is_success(self, domain: str, score: float) -> bool:
+    def is_success(self, domain: str | None, score: float) -> bool:
+        """Whether ``score`` is a success in ``domain`` (None: a score without domain, threshold rule)."""
         return is_success(domain, float(score), self.qa_threshold)
 
+    def succeeded(self, traj: Any, example: Example) -> bool:
+        """The success flag of a graded trajectory (its ``score`` under this policy)."""
+        return self.is_success(example.domain, traj.score)
 
-def policy_of(grader: Any) -> GradingPolicy:
-    """``grader`` if it is a :class:`GradingPolicy`, else the default policy (thresholds)."""
-    return grader if isinstance(grader, GradingPolicy) else GradingPolicy()
+    def is_failure(self, domain: str | None, score: float) -> bool:
+        """Whether ``score`` is a definite failure (math: 0; QA: below the threshold)."""
+        return domain_rule(domain).failure(float(score), self.qa_threshold)
+
+    def mixed(self, scores: Iterable[float], domain: str | None) -> bool:
+        """Whether a group of scores both succeeds and fails (the Pareto filter's informative question)."""
+        vals = [float(v) for v in scores]
+        return any(self.is_success(domain, v) for v in vals) and any(self.is_failure(domain, v) for v in vals)
+
+
+#: The former name, kept for callers and configs that still use it.
+GradingPolicy = Grader
+
+
+def policy_of(grader: Any) -> Grader:
+    """``grader`` if it is a :class:`Grader`, else the default policy (thresholds)."""
+    return grader if isinstance(grader, Grader) else Grader()

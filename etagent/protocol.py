@@ -1,17 +1,25 @@
-"""The tool-integrated-reasoning tag grammar. The one module that knows the tags.
+"""The tool-integrated-reasoning tag grammar. The one module that knows how tags combine.
 
 A response (what follows the prompt) is a sequence of
 
 * free text and ``<think>..</think>`` blocks (the model's reasoning),
-* tool calls ``<python>..</python>`` / ``<search>..</search>``, each followed by an
-  environment-injected ``<result>\\n..\\n</result>`` block,
+* tool calls ``<T>..</T>`` (one tag per configured tool: ``<python>``, ``<search>`` by
+  default), each followed by an environment-injected ``<result>\\n..\\n</result>`` block,
 * exactly one final ``<answer>..\\boxed{X}..</answer>``, after which only whitespace
   may follow.
 
+The tool tags are not constants here: each tool class owns a :class:`ToolSpec` (its tag,
+the system-prompt clause describing it, its query normaliser, its hints) and a
+:class:`Grammar` is built from the configured tools' specs; it derives the tags, the stop
+strings, the tokenizer's atomic tag tokens and the system prompt. The module-level
+functions and constants (``parse``, ``validate``, ``STOP_STRINGS``, ``SYSTEM_PROMPT``, ...)
+are the *default* grammar's, built from the default tool set (``conf/tools/default.yaml``:
+python, search) and resolved lazily from the tool classes (:func:`default_grammar`).
+
 Everything else in etagent (sampler stop strings, tool dispatch, loss masks, reward
-format penalty, behaviour analysis, verl export) asks this module instead of
-repeating tag strings. Parsing never raises: malformed model output is reported as
-a list of :class:`FormatError` so callers can count and penalise it.
+format penalty, behaviour analysis, verl export) asks this module (or a ``Grammar``)
+instead of repeating tag strings. Parsing never raises: malformed model output is reported
+as a list of :class:`FormatError` so callers can count and penalise it.
 
 Departure from the official code: the official SFT trains on tool-result tokens; we
 mask ``<result>`` blocks (tags included, since the environment writes them) in every
@@ -20,14 +28,16 @@ stage, and the model-token length excludes them (cf. OpenRLHF PR 1252).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-THINK, PYTHON, SEARCH, RESULT, ANSWER = "think", "python", "search", "result", "answer"
+THINK, RESULT, ANSWER = "think", "result", "answer"
 TEXT = "text"
-TAGS: tuple[str, ...] = (THINK, PYTHON, SEARCH, RESULT, ANSWER)
-TOOL_TAGS: tuple[str, ...] = (PYTHON, SEARCH)
+#: tags every grammar has; tool tags come from the tools (:class:`ToolSpec`)
+RESERVED_TAGS: tuple[str, ...] = (THINK, RESULT, ANSWER, TEXT)
+_TAG_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
 def open_tag(kind: str) -> str:
@@ -38,30 +48,77 @@ def close_tag(kind: str) -> str:
     return f"</{kind}>"
 
 
-#: Generation stops after any of these (the tool-call closers and the answer closer).
-CALL_STOP_STRINGS: tuple[str, ...] = tuple(close_tag(t) for t in TOOL_TAGS)
 ANSWER_STOP_STRING: str = close_tag(ANSWER)
-STOP_STRINGS: tuple[str, ...] = CALL_STOP_STRINGS + (ANSWER_STOP_STRING,)
-#: Strings a tokenizer should treat as atomic tokens (tiny tokenizer adds them).
-TAG_TOKENS: tuple[str, ...] = tuple(s for t in TAGS for s in (open_tag(t), close_tag(t)))
 
-_TAG_RE = re.compile(r"<(/?)(" + "|".join(TAGS) + r")>")
 _ANY_TAG_RE = re.compile(r"</?([A-Za-z_][A-Za-z0-9_\-]*)>")
 
-SYSTEM_PROMPT = (
+_SYSTEM_HEAD = (
     "You are a helpful assistant that solves problems by reasoning step by step and "
-    "using tools when they help. Think inside <think> </think>. To run Python code, "
-    "write it inside <python> </python>; to search for information, write a query "
-    "inside <search> </search>. The tool output will be returned inside <result> "
+    "using tools when they help. Think inside <think> </think>."
+)
+_SYSTEM_TAIL = (
+    "The tool output will be returned inside <result> "
     "</result>. Use a tool only when it is needed, and avoid repeating calls. Give the "
     "final answer inside <answer> </answer>, with the answer in \\boxed{}, e.g. "
     "<answer>The answer is \\boxed{42}</answer>."
 )
 
 
+def collapse_whitespace(query: str) -> str:
+    """The default canonical query: whitespace runs collapsed to one space."""
+    return " ".join(str(query).split())
+
+
+@dataclass(frozen=True, eq=False)
+class ToolSpec:
+    """What the grammar and the analyses need to know about one tool; owned by the tool class
+    (``spec`` class attribute) so that adding a tool touches only its class and its YAML node.
+
+    * ``name``: the tag the model writes (``<name>query</name>``) and the ``ToolSet`` key;
+    * ``prompt``: the system-prompt clause, lower-case, mentioning ``<name> </name>``
+      (clauses of all tools are joined with ``"; "`` into one sentence);
+    * ``normalise_query``: the tool's canonical query key: two calls with the same key are the
+      same call (behaviour labels count the second as redundant);
+    * ``case_sensitive``: whether the flywheel's edit-dedup key keeps case
+      (:func:`etagent.flywheel.textops.edit_dedup_key`);
+    * ``hints``: fault kind (``insufficient``, ``aborted``) -> hint text the flywheel's
+      template evolver injects when a continuation most likely needs this tool;
+    * ``domains``: answer domains (``math``, ``qa``) whose faulty trajectories most likely need
+      this tool (picks the hint when the fault names no tool).
+    """
+
+    name: str
+    prompt: str
+    normalise_query: Callable[[str], str] = collapse_whitespace
+    case_sensitive: bool = True
+    hints: Mapping[str, str] = field(default_factory=dict)
+    domains: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _TAG_NAME_RE.fullmatch(self.name or "") or self.name in RESERVED_TAGS:
+            raise ValueError(f"tool name {self.name!r} must match {_TAG_NAME_RE.pattern} and not be one of "
+                             f"{RESERVED_TAGS}")
+        if f"{open_tag(self.name)} {close_tag(self.name)}" not in self.prompt:
+            raise ValueError(f"tool {self.name!r}: its prompt must show the call as "
+                             f"'{open_tag(self.name)} {close_tag(self.name)}', got {self.prompt!r}")
+
+
+def generic_spec(name: str) -> ToolSpec:
+    """A spec for a tool object that declares none (test doubles, third-party objects)."""
+    return ToolSpec(name, f"to call {name}, write its input inside {open_tag(name)} {close_tag(name)}")
+
+
+def compose_system_prompt(tools: Sequence[ToolSpec]) -> str:
+    """The system prompt for a tool set: the fixed head, one sentence made of the tools'
+    clauses (``"To a; b."``), the fixed tail."""
+    clauses = "; ".join(t.prompt for t in tools)
+    tool_sentence = f" {clauses[:1].upper()}{clauses[1:]}." if clauses else ""
+    return f"{_SYSTEM_HEAD}{tool_sentence} {_SYSTEM_TAIL}"
+
+
 @dataclass(frozen=True)
 class Segment:
-    """A span of a response. ``kind`` is ``text`` or one of :data:`TAGS`.
+    """A span of a response. ``kind`` is ``text``, ``think``, ``result``, ``answer`` or a tool tag.
 
     ``content`` is the text between the tags (or the raw text for ``text``);
     ``closed`` is False for a block whose closing tag never came.
@@ -93,18 +150,24 @@ class FormatError:
 class ParsedResponse:
     segments: list[Segment]
     errors: list[FormatError] = field(default_factory=list)
+    #: the tool tags of the grammar that parsed it (None: the default grammar's)
+    tool_tags: tuple[str, ...] | None = None
 
     @property
     def valid(self) -> bool:
         return not self.errors
 
+    def _tool_tags(self) -> tuple[str, ...]:
+        return self.tool_tags if self.tool_tags is not None else default_grammar().tool_tags
+
     def calls(self) -> list[Segment]:
         """Tool calls with both tags (the official ``count_valid_tags`` rule): an unclosed
         opener or a stray closer is not a call."""
-        return [s for s in self.segments if s.kind in TOOL_TAGS and s.closed]
+        tags = self._tool_tags()
+        return [s for s in self.segments if s.kind in tags and s.closed]
 
     def call_counts(self) -> dict[str, int]:
-        counts = {t: 0 for t in TOOL_TAGS}
+        counts = {t: 0 for t in self._tool_tags()}
         for s in self.calls():
             counts[s.kind] += 1
         return counts
@@ -127,50 +190,227 @@ class ParsedResponse:
         return render(self.segments)
 
 
-def parse(text: str) -> ParsedResponse:
-    """Split ``text`` into ordered segments and collect every grammar violation.
+#: Format rule sets (``reward.format_rules``). ``official`` is the released
+#: ``validate_format``: balanced tags, at least one ``<think>`` pair, exactly one answer
+#: block with ``\\boxed{}``, every call followed by its result. ``strict`` (etagent's
+#: default) also rejects the codes in :data:`STRICT_ONLY_CODES`: tags outside the protocol
+#: (``<code>``: a model that invents tags gets no credit for a valid format) and text after
+#: ``</answer>`` (the official check only counts tags, so trailing rambling passes there).
+FORMAT_RULES: tuple[str, ...] = ("strict", "official")
+STRICT_ONLY_CODES: frozenset[str] = frozenset({"unknown_tag", "text_after_answer"})
 
-    Inside an open block only its own closing tag ends it; any other protocol tag met
-    there is reported as ``nested`` and kept as content, so the span structure stays
-    well defined for garbage input.
+
+def rule_errors(codes: Iterable[str], rules: str = "strict") -> list[str]:
+    """The error codes that count as format violations under ``rules`` (strict | official)."""
+    if rules not in FORMAT_RULES:
+        raise ValueError(f"format rules must be one of {FORMAT_RULES}, got {rules!r}")
+    codes = [str(c) for c in codes]
+    return codes if rules == "strict" else [c for c in codes if c not in STRICT_ONLY_CODES]
+
+
+class Encoder(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+class Grammar:
+    """The tag grammar of one tool set: tags, stop strings, tag tokens, system prompt, parser.
+
+    Built from the tools' :class:`ToolSpec` s in tool-set order (``ToolSet.grammar``;
+    :func:`default_grammar` for the default tools). Two grammars with the same tool names in
+    the same order parse identically.
     """
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    segments: list[Segment] = []
-    errors: list[FormatError] = []
-    pos = 0
-    open_kind: str | None = None
-    open_start = 0
-    content_start = 0
-    for m in _TAG_RE.finditer(text):
-        is_close, kind = m.group(1) == "/", m.group(2)
-        if open_kind is None:
-            if is_close:
-                errors.append(FormatError("unmatched_close", f"{m.group(0)} without an opening tag", m.start()))
-                continue  # keep as part of the surrounding text
-            if m.start() > pos:
-                segments.append(Segment(TEXT, text[pos : m.start()], pos, m.start()))
-            open_kind, open_start, content_start = kind, m.start(), m.end()
-        else:
-            if is_close and kind == open_kind:
-                segments.append(Segment(kind, text[content_start : m.start()], open_start, m.end()))
-                open_kind = None
-                pos = m.end()
+
+    def __init__(self, tools: Sequence[ToolSpec]):
+        tools = tuple(tools)
+        names = [t.name for t in tools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tool names must be unique, got {names}")
+        self.tools: tuple[ToolSpec, ...] = tools
+        self.specs: dict[str, ToolSpec] = {t.name: t for t in tools}
+        self.tool_tags: tuple[str, ...] = tuple(names)
+        self.tags: tuple[str, ...] = (THINK, *self.tool_tags, RESULT, ANSWER)
+        #: generation stops after any of these (the tool-call closers and the answer closer)
+        self.call_stop_strings: tuple[str, ...] = tuple(close_tag(t) for t in self.tool_tags)
+        self.stop_strings: tuple[str, ...] = self.call_stop_strings + (ANSWER_STOP_STRING,)
+        #: strings a tokenizer should treat as atomic tokens
+        self.tag_tokens: tuple[str, ...] = tuple(s for t in self.tags for s in (open_tag(t), close_tag(t)))
+        #: call closer -> tool kind (``</python>`` -> ``python``)
+        self.call_kind: dict[str, str] = {close_tag(t): t for t in self.tool_tags}
+        self.system_prompt: str = compose_system_prompt(tools)
+        self._tag_re = re.compile(r"<(/?)(" + "|".join(self.tags) + r")>")
+
+    def __repr__(self) -> str:
+        return f"Grammar(tools={self.tool_tags})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Grammar) and other.tool_tags == self.tool_tags and \
+            other.system_prompt == self.system_prompt
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def spec(self, kind: str) -> ToolSpec | None:
+        return self.specs.get(kind)
+
+    def canonical_query(self, kind: str, query: str) -> str:
+        """The tool's canonical query key (:attr:`ToolSpec.normalise_query`); whitespace
+        collapsed for a kind this grammar does not know."""
+        spec = self.specs.get(kind)
+        return (spec.normalise_query if spec is not None else collapse_whitespace)(query)
+
+    # ------------------------------------------------------------------ parsing
+    def parse(self, text: str) -> ParsedResponse:
+        """Split ``text`` into ordered segments and collect every grammar violation.
+
+        Inside an open block only its own closing tag ends it; any other protocol tag met
+        there is reported as ``nested`` and kept as content, so the span structure stays
+        well defined for garbage input.
+        """
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        segments: list[Segment] = []
+        errors: list[FormatError] = []
+        pos = 0
+        open_kind: str | None = None
+        open_start = 0
+        content_start = 0
+        for m in self._tag_re.finditer(text):
+            is_close, kind = m.group(1) == "/", m.group(2)
+            if open_kind is None:
+                if is_close:
+                    errors.append(FormatError("unmatched_close", f"{m.group(0)} without an opening tag", m.start()))
+                    continue  # keep as part of the surrounding text
+                if m.start() > pos:
+                    segments.append(Segment(TEXT, text[pos : m.start()], pos, m.start()))
+                open_kind, open_start, content_start = kind, m.start(), m.end()
             else:
-                errors.append(
-                    FormatError("nested", f"{m.group(0)} inside an open <{open_kind}> block", m.start())
-                )
-    if open_kind is not None:
-        segments.append(Segment(open_kind, text[content_start:], open_start, len(text), closed=False))
-        errors.append(FormatError("unclosed", f"<{open_kind}> is never closed", open_start))
-    elif pos < len(text):
-        segments.append(Segment(TEXT, text[pos:], pos, len(text)))
-    # Leading/trailing pieces of text that contained stray closers must still be
-    # covered; rebuild text segments for any gap left by skipped unmatched closers.
-    segments = _fill_gaps(text, segments)
-    errors.extend(_grammar_errors(segments))
-    errors.sort(key=lambda e: e.position)
-    return ParsedResponse(segments, errors)
+                if is_close and kind == open_kind:
+                    segments.append(Segment(kind, text[content_start : m.start()], open_start, m.end()))
+                    open_kind = None
+                    pos = m.end()
+                else:
+                    errors.append(
+                        FormatError("nested", f"{m.group(0)} inside an open <{open_kind}> block", m.start())
+                    )
+        if open_kind is not None:
+            segments.append(Segment(open_kind, text[content_start:], open_start, len(text), closed=False))
+            errors.append(FormatError("unclosed", f"<{open_kind}> is never closed", open_start))
+        elif pos < len(text):
+            segments.append(Segment(TEXT, text[pos:], pos, len(text)))
+        # Leading/trailing pieces of text that contained stray closers must still be
+        # covered; rebuild text segments for any gap left by skipped unmatched closers.
+        segments = _fill_gaps(text, segments)
+        errors.extend(self._grammar_errors(segments))
+        errors.sort(key=lambda e: e.position)
+        return ParsedResponse(segments, errors, self.tool_tags)
+
+    def _grammar_errors(self, segments: Sequence[Segment]) -> list[FormatError]:
+        tool_tags, tags = self.tool_tags, self.tags
+        errors: list[FormatError] = []
+        if not any(s.kind == THINK and s.closed for s in segments):
+            # official validate_format: at least one balanced <think></think> pair
+            errors.append(FormatError("think_missing", "no <think>..</think> block", -1))
+        answers = [s for s in segments if s.kind == ANSWER]
+        if not answers:
+            errors.append(FormatError("answer_missing", "no <answer> block", -1))
+        elif len(answers) > 1:
+            errors.append(FormatError("answer_repeated", f"{len(answers)} <answer> blocks", answers[1].start))
+        if answers:
+            first = answers[0]
+            if first.closed and extract_boxed(first.content) is None:
+                errors.append(FormatError("boxed_missing", "answer has no \\boxed{}", first.start))
+            after = [s for s in segments if s.start >= first.end and s is not first]
+            if any(s.kind != TEXT or s.content.strip() for s in after):
+                errors.append(FormatError("text_after_answer", "content after </answer>", first.end))
+        prev_meaningful: Segment | None = None
+        for i, s in enumerate(segments):
+            if s.kind in tool_tags and not s.content.strip():
+                errors.append(FormatError("empty_call", f"empty <{s.kind}> call", s.start))
+            if s.kind == RESULT and (prev_meaningful is None or prev_meaningful.kind not in tool_tags):
+                errors.append(FormatError("orphan_result", "<result> not preceded by a tool call", s.start))
+            if s.kind in tool_tags and s.closed:
+                nxt = next((t for t in segments[i + 1 :] if not (t.kind == TEXT and not t.content.strip())), None)
+                if nxt is None or nxt.kind != RESULT:
+                    errors.append(FormatError("call_without_result", f"<{s.kind}> call has no <result>", s.start))
+            if s.kind in (TEXT, THINK):
+                for m in _ANY_TAG_RE.finditer(s.content):
+                    if m.group(1) not in tags:
+                        errors.append(
+                            FormatError("unknown_tag", f"unknown tag {m.group(0)}", s.start + m.start())
+                        )
+            if not (s.kind == TEXT and not s.content.strip()):
+                prev_meaningful = s
+        return errors
+
+    def validate(self, text: str, rules: str = "strict") -> list[FormatError]:
+        """Every format error of ``text`` under ``rules`` (empty list: the grammar is respected)."""
+        errors = self.parse(text).errors
+        keep = set(rule_errors([e.code for e in errors], rules))
+        return [e for e in errors if e.code in keep]
+
+    def is_valid(self, text: str, rules: str = "strict") -> bool:
+        return not self.validate(text, rules)
+
+    def count_tool_calls(self, text: str) -> dict[str, int]:
+        return self.parse(text).call_counts()
+
+    def last_call(self, text: str) -> Segment | None:
+        """The trailing closed tool call of a partial response (what the sampler stopped on)."""
+        segs = self.parse(text).segments
+        while segs and segs[-1].kind == TEXT and not segs[-1].content.strip():
+            segs = segs[:-1]
+        if segs and segs[-1].kind in self.tool_tags and segs[-1].closed:
+            return segs[-1]
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def escape_tool_output(self, body: str) -> str:
+        """Neutralise protocol tags inside tool output so it cannot close or open blocks."""
+        return self._tag_re.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}&gt;", body)
+
+    def format_result(self, body: str) -> str:
+        """The block the environment appends after a tool call."""
+        return f"{open_tag(RESULT)}\n{self.escape_tool_output(body.strip())}\n{close_tag(RESULT)}"
+
+    def format_tool_turn(self, kind: str, query: str, body: str) -> str:
+        """A call and its result exactly as a rollout produces them (see :func:`format_tool_turn`)."""
+        return format_call(kind, query) + self.format_result(body)
+
+    # ------------------------------------------------------------------ tokens
+    def split_for_mask(self, text: str) -> list[tuple[str, int]]:
+        """Split a response into (piece, mask) pieces: result blocks get mask 0.
+
+        Splitting happens at tag boundaries so that, with tags as atomic tokens,
+        encoding piecewise equals what a sampler produces (sampled ids + injected ids).
+        """
+        pieces: list[tuple[str, int]] = []
+        pos = 0
+        for s in self.parse(text).segments:
+            if s.kind == RESULT:
+                if s.start > pos:
+                    pieces.append((text[pos : s.start], 1))
+                pieces.append((text[s.start : s.end], 0))
+                pos = s.end
+        if pos < len(text):
+            pieces.append((text[pos:], 1))
+        return pieces
+
+    def encode_response(self, tokenizer: Encoder, text: str) -> tuple[list[int], list[int]]:
+        """Token ids and loss mask (1 model token, 0 injected result) for a response text.
+
+        Used for teacher-written and flywheel-edited trajectories; sampled trajectories
+        keep the ids they were sampled with and never go through this.
+        """
+        ids: list[int] = []
+        mask: list[int] = []
+        for piece, m in self.split_for_mask(text):
+            piece_ids = list(tokenizer.encode(piece, add_special_tokens=False))
+            ids.extend(piece_ids)
+            mask.extend([m] * len(piece_ids))
+        return ids, mask
+
+    def parse_ids(self, ids: Sequence[int], tokenizer: Any) -> ParsedResponse:
+        """Parse a response given as token ids (decoded keeping tag tokens)."""
+        return self.parse(tokenizer.decode(list(ids), skip_special_tokens=False))
 
 
 def _fill_gaps(text: str, segments: list[Segment]) -> list[Segment]:
@@ -194,89 +434,88 @@ def _fill_gaps(text: str, segments: list[Segment]) -> list[Segment]:
     return merged
 
 
-#: Format rule sets (``reward.format_rules``). ``official`` is the released
-#: ``validate_format``: balanced tags, at least one ``<think>`` pair, exactly one answer
-#: block with ``\\boxed{}``, every call followed by its result. ``strict`` (etagent's
-#: default) also rejects the codes in :data:`STRICT_ONLY_CODES`: tags outside the protocol
-#: (``<code>``: a model that invents tags gets no credit for a valid format) and text after
-#: ``</answer>`` (the official check only counts tags, so trailing rambling passes there).
-FORMAT_RULES: tuple[str, ...] = ("strict", "official")
-STRICT_ONLY_CODES: frozenset[str] = frozenset({"unknown_tag", "text_after_answer"})
+# --------------------------------------------------------------------------- the default grammar
 
 
-def rule_errors(codes: Iterable[str], rules: str = "strict") -> list[str]:
-    """The error codes that count as format violations under ``rules`` (strict | official)."""
-    if rules not in FORMAT_RULES:
-        raise ValueError(f"format rules must be one of {FORMAT_RULES}, got {rules!r}")
-    codes = [str(c) for c in codes]
-    return codes if rules == "strict" else [c for c in codes if c not in STRICT_ONLY_CODES]
+@functools.cache
+def default_grammar() -> Grammar:
+    """The grammar of the default tool set (``conf/tools/default.yaml``), from the tool classes.
+
+    Imported lazily: the tools import this module (records, results), so resolving their specs
+    at import time would be circular.
+    """
+    from etagent.tools import default_tool_specs
+
+    return Grammar(default_tool_specs())
 
 
-def _grammar_errors(segments: Sequence[Segment]) -> list[FormatError]:
-    errors: list[FormatError] = []
-    if not any(s.kind == THINK and s.closed for s in segments):
-        # official validate_format: at least one balanced <think></think> pair
-        errors.append(FormatError("think_missing", "no <think>..</think> block", -1))
-    answers = [s for s in segments if s.kind == ANSWER]
-    if not answers:
-        errors.append(FormatError("answer_missing", "no <answer> block", -1))
-    elif len(answers) > 1:
-        errors.append(FormatError("answer_repeated", f"{len(answers)} <answer> blocks", answers[1].start))
-    if answers:
-        first = answers[0]
-        if first.closed and extract_boxed(first.content) is None:
-            errors.append(FormatError("boxed_missing", "answer has no \\boxed{}", first.start))
-        after = [s for s in segments if s.start >= first.end and s is not first]
-        if any(s.kind != TEXT or s.content.strip() for s in after):
-            errors.append(FormatError("text_after_answer", "content after </answer>", first.end))
-    prev_meaningful: Segment | None = None
-    for i, s in enumerate(segments):
-        if s.kind in TOOL_TAGS and not s.content.strip():
-            errors.append(FormatError("empty_call", f"empty <{s.kind}> call", s.start))
-        if s.kind == RESULT and (prev_meaningful is None or prev_meaningful.kind not in TOOL_TAGS):
-            errors.append(FormatError("orphan_result", "<result> not preceded by a tool call", s.start))
-        if s.kind in TOOL_TAGS and s.closed:
-            nxt = next((t for t in segments[i + 1 :] if not (t.kind == TEXT and not t.content.strip())), None)
-            if nxt is None or nxt.kind != RESULT:
-                errors.append(FormatError("call_without_result", f"<{s.kind}> call has no <result>", s.start))
-        if s.kind in (TEXT, THINK):
-            for m in _ANY_TAG_RE.finditer(s.content):
-                if m.group(1) not in TAGS:
-                    errors.append(
-                        FormatError("unknown_tag", f"unknown tag {m.group(0)}", s.start + m.start())
-                    )
-        if not (s.kind == TEXT and not s.content.strip()):
-            prev_meaningful = s
-    return errors
+#: default-grammar constants, resolved on first access (PEP 562)
+_DEFAULT_ATTRS: dict[str, Callable[[Grammar], Any]] = {
+    "DEFAULT_GRAMMAR": lambda g: g,
+    "TOOL_TAGS": lambda g: g.tool_tags,
+    "TAGS": lambda g: g.tags,
+    "CALL_STOP_STRINGS": lambda g: g.call_stop_strings,
+    "STOP_STRINGS": lambda g: g.stop_strings,
+    "TAG_TOKENS": lambda g: g.tag_tokens,
+    "SYSTEM_PROMPT": lambda g: g.system_prompt,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEFAULT_ATTRS:
+        return _DEFAULT_ATTRS[name](default_grammar())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def parse(text: str) -> ParsedResponse:
+    """:meth:`Grammar.parse` with the default grammar."""
+    return default_grammar().parse(text)
 
 
 def validate(text: str, rules: str = "strict") -> list[FormatError]:
-    """Every format error of ``text`` under ``rules`` (empty list: the grammar is respected)."""
-    errors = parse(text).errors
-    keep = set(rule_errors([e.code for e in errors], rules))
-    return [e for e in errors if e.code in keep]
+    """Every format error of ``text`` under ``rules`` (default grammar)."""
+    return default_grammar().validate(text, rules)
 
 
 def is_valid(text: str, rules: str = "strict") -> bool:
-    return not validate(text, rules)
+    return default_grammar().is_valid(text, rules)
+
+
+def count_tool_calls(text: str) -> dict[str, int]:
+    return default_grammar().count_tool_calls(text)
+
+
+def last_call(text: str) -> Segment | None:
+    """The trailing closed tool call of a partial response (default grammar)."""
+    return default_grammar().last_call(text)
+
+
+def escape_tool_output(body: str) -> str:
+    """Neutralise protocol tags inside tool output so it cannot close or open blocks."""
+    return default_grammar().escape_tool_output(body)
+
+
+def format_result(body: str) -> str:
+    """The block the environment appends after a tool call."""
+    return default_grammar().format_result(body)
+
+
+def split_for_mask(text: str) -> list[tuple[str, int]]:
+    return default_grammar().split_for_mask(text)
+
+
+def encode_response(tokenizer: Encoder, text: str) -> tuple[list[int], list[int]]:
+    """Token ids and loss mask (1 model token, 0 injected result) for a response text."""
+    return default_grammar().encode_response(tokenizer, text)
+
+
+def parse_ids(ids: Sequence[int], tokenizer: Any) -> ParsedResponse:
+    """Parse a response given as token ids (decoded keeping tag tokens)."""
+    return default_grammar().parse_ids(ids, tokenizer)
 
 
 def render(segments: Iterable[Segment]) -> str:
     return "".join(s.render() for s in segments)
-
-
-def count_tool_calls(text: str) -> dict[str, int]:
-    return parse(text).call_counts()
-
-
-def last_call(text: str) -> Segment | None:
-    """The trailing closed tool call of a partial response (what the sampler stopped on)."""
-    segs = parse(text).segments
-    while segs and segs[-1].kind == TEXT and not segs[-1].content.strip():
-        segs = segs[:-1]
-    if segs and segs[-1].kind in TOOL_TAGS and segs[-1].closed:
-        return segs[-1]
-    return None
 
 
 def extract_boxed(text: str | None) -> str | None:
@@ -302,19 +541,6 @@ def extract_boxed(text: str | None) -> str | None:
     return None
 
 
-_ESCAPE_RE = re.compile(r"<(/?)(" + "|".join(TAGS) + r")>")
-
-
-def escape_tool_output(body: str) -> str:
-    """Neutralise protocol tags inside tool output so it cannot close or open blocks."""
-    return _ESCAPE_RE.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}&gt;", body)
-
-
-def format_result(body: str) -> str:
-    """The block the environment appends after a tool call."""
-    return f"{open_tag(RESULT)}\n{escape_tool_output(body.strip())}\n{close_tag(RESULT)}"
-
-
 def format_answer(answer: str, prefix: str = "") -> str:
     return f"{open_tag(ANSWER)}{prefix}\\boxed{{{answer}}}{close_tag(ANSWER)}"
 
@@ -334,52 +560,6 @@ def format_tool_turn(kind: str, query: str, body: str) -> str:
     return format_call(kind, query) + format_result(body)
 
 
-# --------------------------------------------------------------------------- tokens
-
-
-class Encoder(Protocol):
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
-
-
-def split_for_mask(text: str) -> list[tuple[str, int]]:
-    """Split a response into (piece, mask) pieces: result blocks get mask 0.
-
-    Splitting happens at tag boundaries so that, with tags as atomic tokens,
-    encoding piecewise equals what a sampler produces (sampled ids + injected ids).
-    """
-    pieces: list[tuple[str, int]] = []
-    pos = 0
-    for s in parse(text).segments:
-        if s.kind == RESULT:
-            if s.start > pos:
-                pieces.append((text[pos : s.start], 1))
-            pieces.append((text[s.start : s.end], 0))
-            pos = s.end
-    if pos < len(text):
-        pieces.append((text[pos:], 1))
-    return pieces
-
-
-def encode_response(tokenizer: Encoder, text: str) -> tuple[list[int], list[int]]:
-    """Token ids and loss mask (1 model token, 0 injected result) for a response text.
-
-    Used for teacher-written and flywheel-edited trajectories; sampled trajectories
-    keep the ids they were sampled with and never go through this.
-    """
-    ids: list[int] = []
-    mask: list[int] = []
-    for piece, m in split_for_mask(text):
-        piece_ids = list(tokenizer.encode(piece, add_special_tokens=False))
-        ids.extend(piece_ids)
-        mask.extend([m] * len(piece_ids))
-    return ids, mask
-
-
 def model_token_length(mask: Sequence[int]) -> int:
     """Tokens the model generated (tool results excluded) given a response mask."""
     return int(sum(1 for m in mask if m))
-
-
-def parse_ids(ids: Sequence[int], tokenizer) -> ParsedResponse:
-    """Parse a response given as token ids (decoded keeping tag tokens)."""
-    return parse(tokenizer.decode(list(ids), skip_special_tokens=False))

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from etagent import protocol
 
 MATH, QA = "math", "qa"
-DOMAINS = (MATH, QA)
+DOMAINS = (MATH, QA)  # the built-in answer domains; etagent.grading.register_domain adds more
 
 
 @dataclass
@@ -42,8 +42,10 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise ValueError(f"Example {self.id!r}: domain must be one of {DOMAINS}, got {self.domain!r}")
+        from etagent.grading import DOMAIN_RULES  # the grader owns the domains (built-ins: DOMAINS)
+
+        if self.domain not in DOMAIN_RULES:
+            raise ValueError(f"Example {self.id!r}: domain must be one of {tuple(DOMAIN_RULES)}, got {self.domain!r}")
         if self.plan is not None:
             self.plan = [p if isinstance(p, PlanStep) else PlanStep(**p) for p in self.plan]
 
@@ -107,7 +109,7 @@ class Trajectory:
     logprobs: list[float] | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     answer: str | None = None
-    correct: float = 0.0
+    score: float = 0.0  # graded correctness: math 0/1, QA F1 or EM; success is etagent.grading.Grader's call
     finish_reason: str = ""  # answer | budget | max_tokens | error | stop | eos
     format_errors: list[str] = field(default_factory=list)
     behaviour: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +148,8 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        if "correct" in d and "score" not in d:  # records written before the rename (correct -> score)
+            d = {("score" if k == "correct" else k): v for k, v in d.items()}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

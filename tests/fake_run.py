@@ -180,7 +180,7 @@ def _trajectories(run_dir: Path, k: int, n: int = 6) -> str:
                "redundant": len(calls) > 1, "aborted": False, "insufficient": False, "erroneous": not right}
         t = Trajectory(id=f"eval:{ex.id}#0", example_id=ex.id, group_id=f"eval:{ex.id}", response_text=text,
                        response_ids=[1] * 20, response_mask=[1] * 20, tool_calls=calls, answer=answer,
-                       correct=float(right), finish_reason="answer", behaviour=beh, meta={"sample": 0})
+                       score=float(right), finish_reason="answer", behaviour=beh, meta={"sample": 0})
         lines.append(t.to_json() + "\n")
     return "".join(lines)
 

@@ -30,7 +30,7 @@ def traj(example, calls, answer, correct, tid="t"):
     text += protocol.format_answer(answer)
     return Trajectory(
         id=tid, example_id=example.id, group_id=example.id, response_text=text, tool_calls=tcs,
-        answer=answer, correct=correct,
+        answer=answer, score=correct,
     )
 
 

@@ -208,7 +208,7 @@ def test_lucky_guesses_are_not_sft_data(toolset, tmp_path):
     cfg = FlywheelConfig(samples_per_question=3, max_rounds=1, strategies=[])
     pool = run_flywheel(engine, [MATH], cfg, tmp_path)
     guess = next(t for t in pool if t.answer == "56088")
-    assert guess.correct == 1.0 and guess.meta["grounded"] is False  # 1 of 3 no-call answers right
+    assert guess.score == 1.0 and guess.meta["grounded"] is False  # 1 of 3 no-call answers right
     (row,) = json.loads((tmp_path / "rounds.json").read_text())
     assert row["sft_lucky_before"] == 1.0 and row["sft_lucky"] is None and row["sft_size"] == 0
     # a question reliably answered without tools keeps its no-call answers

@@ -18,7 +18,7 @@ REAL = Example(id="r", question="Who wrote Dune?", answers=["Frank Herbert"], do
 
 def _traj(tid, ex, text, calls, correct):
     return Trajectory(id=tid, example_id=ex.id, group_id=ex.id, response_text=text, response_mask=[1] * 5,
-                      tool_calls=[ToolCall(*c) for c in calls], correct=correct)
+                      tool_calls=[ToolCall(*c) for c in calls], score=correct)
 
 
 def test_conciseness_is_the_redundant_free_share_of_all_samples():

@@ -34,7 +34,7 @@ class _Engine:
                 answer = grading.block_answer(text)
                 out.append(Trajectory(id=f"{group_prefix}{ex.id}#{k}", example_id=ex.id,
                                       group_id=f"{group_prefix}{ex.id}", response_text=text, response_mask=[1] * 4,
-                                      answer=answer, correct=self.grader(ex, answer)))
+                                      answer=answer, score=self.grader(ex, answer)))
         return out
 
 

@@ -32,8 +32,8 @@ def test_a_boxed_answer_outside_an_answer_block_earns_no_correctness(tok, tools)
     engine = RolloutEngine(Scripted(tok, {MATH.question: samples}), tools)
     trajs = engine.rollout([MATH], 8, SamplingParams())
     malformed = [t for t in trajs if "answer_missing" in t.format_errors]
-    assert len(malformed) == 1 and malformed[0].correct == 0.0 and malformed[0].answer is None
-    assert all(t.correct == 1.0 for t in trajs if t is not malformed[0])
+    assert len(malformed) == 1 and malformed[0].score == 0.0 and malformed[0].answer is None
+    assert all(t.score == 1.0 for t in trajs if t is not malformed[0])
     fn = RewardFn(mode="efficiency", sigma_tool=0.2, sigma_len=0.5, schedule="constant")
     rewards = fn(fn.components([trajs]))[0].tolist()
     k = trajs.index(malformed[0])
@@ -67,7 +67,7 @@ def test_think_is_required_and_rule_sets():
     with pytest.raises(ValueError, match="format rules"):
         protocol.validate("x", rules="loose")
     t = Trajectory(id="t", example_id="m1", group_id="g", response_text=trailing, response_mask=[1],
-                   correct=1.0, format_errors=["text_after_answer"])
+                   score=1.0, format_errors=["text_after_answer"])
     assert RewardFn(format_rules="official").format_ok(t) and not RewardFn().format_ok(t)
     with pytest.raises(ValueError, match="reward.format_rules"):
         RewardFn(format_rules="lenient")
@@ -163,7 +163,7 @@ def test_paper_configs_use_the_official_budget(tmp_path):
 class _AllCorrect:
     def rollout(self, examples, n, params, group_prefix=""):
         return [Trajectory(id=f"{group_prefix}{e.id}#{k}", example_id=e.id, group_id=f"{group_prefix}{e.id}",
-                           response_text="", correct=1.0) for e in examples for k in range(n)]
+                           response_text="", score=1.0) for e in examples for k in range(n)]
 
 
 def test_fallback_selection_is_marked_in_selection_report_and_verl(tmp_path, shared_dir):

@@ -15,6 +15,7 @@ from etagent.records import Example, PlanStep, Trajectory, read_jsonl
 from etagent.tools.base import ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
 
+from conftest import compose
 from test_flywheel_strategies import DUP, GUESS, FakeEngine
 
 R = protocol.format_result
@@ -50,14 +51,14 @@ def test_two_rounds_persist_resume_and_report(toolset, tmp_path):
     for t in pool:
         assert {"round", "strategy", "parent_id"} <= set(t.meta)
         if t.meta["strategy"] != "sample":
-            assert protocol.is_valid(t.response_text) and t.correct == 1.0 and t.meta["parent_id"]
+            assert protocol.is_valid(t.response_text) and t.score == 1.0 and t.meta["parent_id"]
     rows = json.loads((tmp_path / "rounds.json").read_text())
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[0]["strategies"]["modify_redundancy"]["added"] == 3
     assert (tmp_path / "rounds.png").stat().st_size > 0 and "| round |" in (tmp_path / "rounds.md").read_text()
     assert len(list(read_jsonl(tmp_path / "pool.jsonl", Trajectory))) == len(pool)
     sft = list(read_jsonl(tmp_path / "sft.jsonl", Trajectory))
-    assert sft and all(t.correct == 1.0 for t in sft)
+    assert sft and all(t.score == 1.0 for t in sft)
     assert len({t.example_id for t in sft}) == 3 and all(len(t.response_text) <= len(DUP) for t in sft)
 
     # resume: a third round continues after the two finished ones, with fine-tuning in between
@@ -74,7 +75,7 @@ def test_two_rounds_persist_resume_and_report(toolset, tmp_path):
 
 def test_none_ablation_keeps_only_samples_and_stops_without_gain(toolset, tmp_path):
     engine = FakeEngine(toolset, lambda ex, p, k: SHORT)
-    cfg = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "f": OmegaConf.load("conf/flywheel/none.yaml")}).f
+    cfg = compose(["flywheel=none", "grading.qa_threshold=0.75"]).flywheel  # a delta of flywheel/full
     cfg.seed = 0
     cfg.samples_per_question = 2
     pool = run_flywheel(engine, _examples(2), cfg, tmp_path)
@@ -94,8 +95,7 @@ def test_configs_validate_and_instantiate():
     from hydra.utils import instantiate
 
     for name, strategies in names.items():
-        root = OmegaConf.create({"grading": {"qa_threshold": 0.75}, "flywheel": OmegaConf.load(f"conf/flywheel/{name}.yaml"),
-                                 "stages": ["flywheel"]})
+        root = compose([f"flywheel={name}", "grading.qa_threshold=0.75", "stages=[flywheel]"])
         node = root.flywheel
         node.seed = 0
         validate(root)
@@ -173,7 +173,7 @@ def test_tiny_model_two_rounds_and_ase(toolset, tmp_path):
     for t in pool:
         assert t.meta["round"] in (1, 2) and t.meta["strategy"]
         if t.meta["strategy"] != "sample":  # every edit was verified and re-encoded with result tokens masked
-            assert protocol.is_valid(t.response_text) and t.correct == 1.0 and t.meta["parent_id"]
+            assert protocol.is_valid(t.response_text) and t.score == 1.0 and t.meta["parent_id"]
             assert tok.decode(t.response_ids, skip_special_tokens=False) == t.response_text
             assert (0 in t.response_mask) == (t.num_calls > 0)
     selection = select_sft(pool, cfg)

@@ -81,7 +81,7 @@ def make_traj(ex: Example, text: str, tid: str = "t0", statuses: list[str] | Non
         c.status = st
     ans = grading.extract_answer(text)
     return Trajectory(id=tid, example_id=ex.id, group_id=ex.id, response_text=text, prompt_ids=[1, 2, 3],
-                      tool_calls=calls, answer=ans, correct=grading.grade(ex, ans),
+                      tool_calls=calls, answer=ans, score=grading.grade(ex, ans),
                       format_errors=[str(e) for e in parsed.errors], meta={"round": 1, "strategy": "sample", "parent_id": None})
 
 
@@ -123,7 +123,7 @@ def test_duplicate_call_removed_and_verified(verifier):
     assert v.reason == ACCEPTED, v.detail
     t = v.traj
     assert t.num_calls == 1 and t.tool_calls[0].status == "ok" and t.tool_calls[0].result.strip() == "56088"
-    assert protocol.is_valid(t.response_text) and t.correct == 1.0
+    assert protocol.is_valid(t.response_text) and t.score == 1.0
     assert t.meta["strategy"] == "modify_redundancy" and t.meta["parent_id"] == parent.id
     # results are masked in the re-encoded ids
     res_seg = next(s for s in protocol.parse(t.response_text).segments if s.kind == protocol.RESULT)
@@ -169,7 +169,7 @@ def test_missing_results_are_filled_by_real_tools(toolset):
     rewrite = "<think>Compute it.</think><search>capital of Zubra</search>It is Velmont.<answer>\\boxed{Velmont}</answer>"
     (verdict,) = v.verify([Candidate(QA, parent, rewrite, "global_refine")])
     assert verdict.ok, verdict.detail
-    assert "Zubra's capital is Velmont." in verdict.traj.response_text and verdict.traj.correct == 1.0
+    assert "Zubra's capital is Velmont." in verdict.traj.response_text and verdict.traj.score == 1.0
 
 
 # --------------------------------------------------------------------------- fault location

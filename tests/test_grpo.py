@@ -19,7 +19,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from etagent.records import Example, ToolCall, Trajectory
 from etagent.rl import reward as rw
-from etagent.rl.grpo import GRPOConfig, GRPOTrainer, clipped_pg_loss, data_order, group_advantages
+from etagent.rl.advantages import group_advantages
+from etagent.rl.algos import Algorithm
+from etagent.rl.grpo import GRPOConfig, GRPOTrainer, data_order
+from etagent.rl.losses import PPOClip, clipped_pg_loss
 from etagent.rl.logprobs import pack, sequence_logprobs, token_logprobs
 from etagent.tracking import Tracker
 
@@ -91,7 +94,7 @@ class ScriptedEngine:
                     id=f"{group_prefix}{ex.id}/{j}", example_id=ex.id, group_id=f"{group_prefix}{ex.id}",
                     response_text="", prompt_ids=prompt, response_ids=ids, response_mask=mask, logprobs=lp,
                     tool_calls=[ToolCall("python", "x", "y", "ok") for _ in range(k)],
-                    correct=self.correct_fn(first, j, ex), format_errors=["answer_missing"] if rng.random() < self.format_error_rate else [],
+                    score=self.correct_fn(first, j, ex), format_errors=["answer_missing"] if rng.random() < self.format_error_rate else [],
                     behaviour={"redundant": k > 1, "insufficient": k == 0, "n_calls": k}))
         return out
 
@@ -273,11 +276,11 @@ def test_resume_continues_step_count_and_data_order(tmp_path):
 
 
 def test_correctness_and_efficiency_rewards_both_run(tmp_path):
-    from omegaconf import OmegaConf
+    from conftest import compose
 
     out = {}
     for mode in ("correctness", "efficiency"):
-        node = OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / f"{mode}.yaml")}).r
+        node = compose([f"reward={mode}", "grading.qa_metric=f1"]).reward  # correctness: a delta of efficiency
         tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), node, cfg(bf16=mode == "efficiency"), tmp_path / mode, None)
         out[mode] = tr.train(examples(6), "rl/x", total_steps=2)["history"]
     c, e = out["correctness"], out["efficiency"]
@@ -292,7 +295,7 @@ def test_rollout_logprobs_mode_kl_and_lora(tmp_path):
     base = params_of(model)
     c = cfg(old_logprobs="rollout", kl_coef=0.05, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
                                                         "target_modules": ["q_proj", "v_proj"]},
-            loss_agg="seq-mean-token-mean", checkpoint_every=1)
+            algo=Algorithm(loss=PPOClip(agg="seq-mean-token-mean")), checkpoint_every=1)
     tr = GRPOTrainer(model, None, ScriptedEngine(), EFF, c, tmp_path, None)
     h = tr.train(examples(4), "rl/lora", total_steps=2)["history"]
     assert h[-1]["kl"] > 0 and all(m["grad_norm"] > 0 for m in h)
@@ -306,14 +309,18 @@ def test_rollout_logprobs_mode_kl_and_lora(tmp_path):
 
 
 def test_config_yaml_matches_dataclass():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    node = OmegaConf.merge({"seed": 5}, {"rl": OmegaConf.load(CONF / "rl" / "grpo.yaml")})
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        node = compose(config_name=None, overrides=["+rl=grpo", "+seed=5"])
     c = instantiate(node.rl)
-    assert isinstance(c, GRPOConfig) and c.seed == 5 and c.lora["enabled"] is False
+    assert isinstance(c, GRPOConfig) and c.seed == 5 and c.lora.enabled is False
+    assert c.algo == Algorithm()  # the YAML default algorithm is the dataclass default (GRPO)
     with pytest.raises(ValueError, match="loss_agg"):
-        GRPOConfig(loss_agg="sum")
+        GRPOConfig(algo={"loss": {"_target_": "etagent.rl.losses.PPOClip", "agg": "sum"}})
     with pytest.raises(ValueError, match="group_size"):
         GRPOConfig(group_size=1)
 
@@ -340,7 +347,7 @@ def test_recomputed_logprobs_match_the_hf_backend_convention():
 def test_micro_batches_accumulate_to_the_mini_batch_gradient(tmp_path, agg):
     grads = {}
     for micro in (0, 3):
-        tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), EFF, cfg(micro_batch_size=micro, loss_agg=agg),
+        tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), EFF, cfg(micro_batch_size=micro, algo=Algorithm(loss=PPOClip(agg=agg))),
                          tmp_path / str(micro), None)
         seen = []
         real_step = tr.optimizer.step

@@ -26,7 +26,7 @@ def traj(tid, ex, calls, correct, tokens, answer="x"):
     return Trajectory(
         id=tid, example_id=ex.id, group_id=ex.id, response_text=text,
         response_ids=list(range(tokens + 3)), response_mask=[1] * tokens + [0] * 3,
-        tool_calls=[ToolCall(k, q, r, s) for k, q, r, s in calls], correct=correct,
+        tool_calls=[ToolCall(k, q, r, s) for k, q, r, s in calls], score=correct,
     )
 
 

@@ -122,7 +122,7 @@ def test_trajectory_json_round_trip_is_lossless():
     t = Trajectory(
         id="t1", example_id="e1", group_id="g", response_text=GOOD, prompt_ids=[1, 2], response_ids=[3, 4, 5],
         response_mask=[1, 0, 1], logprobs=[-0.1, 0.0, -2.5],
-        tool_calls=[ToolCall("python", "print(1)", "1", "ok", 0.01)], answer="1", correct=1.0,
+        tool_calls=[ToolCall("python", "print(1)", "1", "ok", 0.01)], answer="1", score=1.0,
         finish_reason="answer", format_errors=[], behaviour={"n_calls": 1}, timing={"gen_s": 0.2},
         meta={"round": 1, "strategy": "hint", "parent_id": None},
     )

@@ -54,7 +54,7 @@ def _traj(ex: Example, policy: str, k: int) -> Trajectory:
     text += f"<answer>\\boxed{{{i}}}</answer>"
     return Trajectory(id=f"{policy}:{ex.id}#0", example_id=ex.id, group_id=f"{policy}:{ex.id}", response_text=text,
                       response_ids=[1] * (10 + i), response_mask=[1] * (10 + i), tool_calls=calls, answer=str(i),
-                      correct=score, finish_reason="answer",
+                      score=score, finish_reason="answer",
                       behaviour={"n_calls": len(calls), "n_redundant": n_red, "n_aborted": 0, "redundant": bool(n_red),
                                  "aborted": False, "n_budget": 0, "insufficient": len(calls) == 0 and score < 0.75,
                                  "erroneous": score < 0.75 and len(calls) > 0},
@@ -106,7 +106,7 @@ def test_intervals_are_wilson_for_shares_and_normal_for_means(real_run: Path):
     math_c = df[(df.policy == "seed") & (df.domain == "math") & (df.metric == "correctness")].iloc[0]
     assert (math_c.ci_low, math_c.ci_high) == pytest.approx(wilson_interval(round(math_c.value * 6), 6))
     qa_c = df[(df.policy == "seed") & (df.domain == "qa") & (df.metric == "correctness")].iloc[0]
-    scores = [_traj(e, "seed", 0).correct for e in _examples() if e.domain == "qa"]  # F1: not 0/1
+    scores = [_traj(e, "seed", 0).score for e in _examples() if e.domain == "qa"]  # F1: not 0/1
     assert (qa_c.ci_low, qa_c.ci_high) == pytest.approx(mean_interval(scores))
     tp = df[(df.policy == "seed") & (df.domain == "all") & (df.metric == "tool_productivity")].iloc[0]
     assert pd.isna(tp.ci_low) and tp.n == sum(_traj(e, "seed", 0).num_calls for e in _examples())

@@ -125,7 +125,7 @@ def _traj(correct, calls, mask, ok=True):
     text = "<think>t</think>" + "<python>x</python><result>\n1\n</result>" * calls + "<answer>\\boxed{1}</answer>"
     return Trajectory(
         id="t", example_id="e", group_id="g", response_text=text, response_ids=list(range(len(mask))),
-        response_mask=mask, tool_calls=[ToolCall("python", "x", "1", "ok")] * calls, correct=correct,
+        response_mask=mask, tool_calls=[ToolCall("python", "x", "1", "ok")] * calls, score=correct,
         format_errors=[] if ok else ["answer_missing"],
     )
 
@@ -139,7 +139,9 @@ def test_reward_fn_from_trajectories_and_config():
     assert fn(comps, step=0, total_steps=3)[0].tolist() == pytest.approx([1.099668, 0.900332], abs=1e-5)
     assert fn(comps, step=2, total_steps=3)[0].tolist() == pytest.approx([1.0, 1.0])  # sigma decayed to 0
     assert RewardFn(length_source="all_tokens").components(groups)[0, :, 2].tolist() == [4.0, 4.0]
-    base = instantiate(OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / "correctness.yaml")}).r)
+    from conftest import compose
+
+    base = instantiate(compose(["reward=correctness", "grading.qa_metric=f1"]).reward)  # a delta of efficiency
     assert base.mode == "correctness"
     assert base(comps)[0].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="reward.length_source"):

@@ -147,11 +147,11 @@ def test_math_and_search_with_real_tools_rows_leave_batch(tok, tools):
     assert [t.id for t in trajs] == ["r0/m1#0", "r0/m1#1", "r0/q1#0", "r0/q1#1"]
     assert [t.group_id for t in trajs] == ["r0/m1"] * 2 + ["r0/q1"] * 2
     m0, m1, q0, q1 = trajs
-    assert (m0.answer, m0.correct, m0.finish_reason) == ("42", 1.0, "answer")
+    assert (m0.answer, m0.score, m0.finish_reason) == ("42", 1.0, "answer")
     assert [(c.kind, c.query, c.result, c.status) for c in m0.tool_calls] == [("python", "print(6*7)", "42", "ok")]
-    assert (m1.correct, m1.tool_calls) == (0.0, [])
-    assert q0.tool_calls[0].status == "ok" and "Frank Herbert" in q0.tool_calls[0].result and q0.correct == 1.0
-    assert q1.correct == 0.0 and m0.format_errors == [] and q0.format_errors == []
+    assert (m1.score, m1.tool_calls) == (0.0, [])
+    assert q0.tool_calls[0].status == "ok" and "Frank Herbert" in q0.tool_calls[0].result and q0.score == 1.0
+    assert q1.score == 0.0 and m0.format_errors == [] and q0.format_errors == []
     assert m0.timing["tool_s"] > 0 and m0.timing["gen_s"] >= 0 and m0.timing["total_s"] >= m0.timing["tool_s"]
     assert m0.behaviour.get("n_calls") == 1
     # turn 1: one call with n=2 per question (4 rows); turn 2: only the two rows that called a tool
@@ -223,13 +223,15 @@ def test_malformed_output_never_crashes_and_ids_are_kept(tok, tools):
     scripts["Q code tag?"] = [["<code>print(1)</code> done<|endoftext|>"]]
     examples.append(Example(id="code", question="Q code tag?", answers=["42"], domain="math", source="t"))
     be = Scripted(tok, scripts)
-    trajs = RolloutEngine(be, py_only).rollout(examples, 1, SamplingParams())
+    # the default grammar knows <search> although this tool set lacks it (the tool set's own
+    # grammar would not parse it as a call: tests/test_tool_extension.py)
+    trajs = RolloutEngine(be, py_only, grammar=protocol.default_grammar()).rollout(examples, 1, SamplingParams())
     for (name, (_, status, needle)), t in zip(cases.items(), trajs):
         assert [c.status for c in t.tool_calls] == [status], name
         assert needle in t.tool_calls[0].result, (name, t.tool_calls[0].result)
         assert t.finish_reason == "answer", name  # the rollout carried on
         # the answer inside an unclosed <think> is no well-formed answer block: no credit
-        assert t.correct == (0.0 if name == "unclosed think" else 1.0), name
+        assert t.score == (0.0 if name == "unclosed think" else 1.0), name
         check_invariants(t, be.log)
     g = trajs[list(cases).index("garbage bytes")]
     assert g.response_ids[: len(garbage)] == garbage
@@ -323,9 +325,11 @@ def test_untrained_tiny_model_garbage_with_real_tools(tok, tools):
 def test_config_files_instantiate(tok, tools):
     from hydra.utils import instantiate
 
+    from conftest import compose
+
     be = Scripted(tok, {})
     for name in ("default", "branching"):
-        cfg = OmegaConf.create({"seed": 3, "rollout": OmegaConf.load(f"conf/rollout/{name}.yaml")})
+        cfg = compose([f"rollout={name}", "seed=3"])  # branching: a delta of rollout/default
         eng = instantiate(cfg.rollout, backend=be, toolset=tools, system_prompt=None)
         assert isinstance(eng, RolloutEngine) and eng.strategy == ("standard" if name == "default" else "branching")
     assert isinstance(eng.brancher, EntropyBrancher) and eng.brancher.seed == 3

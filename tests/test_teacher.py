@@ -164,7 +164,7 @@ def test_flaw_labels_agree_with_exact_behaviour_labelling(task, default_trajs):
         results = [s.content.strip() for s in protocol.parse(t["response_text"]).segments if s.kind == protocol.RESULT]
         calls = [ToolCall(c["kind"], c["query"], r, c["status"]) for c, r in zip(t["calls"], results)]
         traj = Trajectory(id=t["id"], example_id=ex.id, group_id=ex.id, response_text=t["response_text"],
-                          tool_calls=calls, answer=t["answer"], correct=grading.grade(ex, t["answer"]))
+                          tool_calls=calls, answer=t["answer"], score=grading.grade(ex, t["answer"]))
         b = label_behaviour(traj, ex)
         assert {f for f in FLAWS if b[f]} == set(t["flaws"]), (t["response_text"], b)
         assert b["n_redundant"] == sum(c["role"] == "redundant" for c in t["calls"])

@@ -161,7 +161,7 @@ def test_agent_loop_equals_rollout_engine(setup, budget):
             for (s, e), call in zip(results, t.tool_calls):
                 assert row["mask"][s:e] == [0] * (e - s)
                 assert tok.decode(row["ids"][s:e], skip_special_tokens=False) == protocol.format_result(call.result)
-            assert t.finish_reason == "answer" and t.correct == 1.0
+            assert t.finish_reason == "answer" and t.score == 1.0
     # verl's padding: mask 0 beyond each response, prompts left-padded
     assert out.batch["responses"].shape == (2, RESPONSE_LEN) and out.batch["prompts"].shape == (2, PROMPT_LEN)
     assert torch.equal(out.batch["response_mask"] * out.batch["attention_mask"][:, PROMPT_LEN:], out.batch["response_mask"])

@@ -91,7 +91,7 @@ def _trajectory(text: str, ex: Example, length: int, tid: str) -> Trajectory:
         response_ids=list(range(length)), response_mask=[1] * length,
         tool_calls=[{"kind": s.kind, "query": s.content, "result": "", "status": "ok"}
                     for s in protocol.parse(text).calls()],
-        answer=answer, correct=grading.grade(ex, answer),
+        answer=answer, score=grading.grade(ex, answer),
         format_errors=[e.code for e in protocol.validate(text)],
     )
 

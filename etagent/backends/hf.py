@@ -50,7 +50,7 @@ import inspect
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -105,7 +105,7 @@ class HFBackend(GenerationBackend):
     """
 
     def __init__(self, model: Any = None, tokenizer: Any = None, batch_size: int = 64, dtype: str = "auto",
-                 device: str = "auto", cache_impl: str = "static", eos_token_ids: list[int] | None = None,
+                 device: str = "auto", cache_impl: Literal["static", "dynamic"] = "static", eos_token_ids: list[int] | None = None,
                  kv_reuse: bool = True, kv_reuse_max_mb: float = 1024):
         if batch_size < 1:
             raise ValueError(f"backend.batch_size must be >= 1, got {batch_size}")

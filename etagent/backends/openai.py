@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from etagent.backends.base import (EOS, LENGTH, STOP, Completion, GenerationBackend, SamplingParams, response_stop_ids,
                                    find_stop)
@@ -39,7 +39,7 @@ _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 class OpenAIBackend(GenerationBackend):
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  model: str = "policy", tokenizer: Any = None, max_concurrency: int = 32, timeout_s: float = 120.0,
-                 max_retries: int = 3, backoff_s: float = 0.5, prompt_format: str = "ids",
+                 max_retries: int = 3, backoff_s: float = 0.5, prompt_format: Literal["ids", "text"] = "ids",
                  extra_body: dict | None = None):
         if prompt_format not in ("ids", "text"):
             raise ValueError(f"backend.prompt_format must be 'ids' or 'text', got {prompt_format!r}")

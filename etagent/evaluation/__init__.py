@@ -7,6 +7,7 @@ evaluate stage reads it. Metric definitions live in :mod:`etagent.evaluation.met
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -24,7 +25,7 @@ class EvalConfig:
     n_samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    qa_metric: str = "f1"
+    qa_metric: Literal["f1", "em"] = "f1"
     concise_judge: bool = False
     radar: bool = True
     compare: list[str] = field(default_factory=list)

@@ -37,7 +37,7 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
-    policy: grading.GradingPolicy | None = None,
+    policy: grading.Grader | None = None,
 ) -> tuple[list[Trajectory], dict[str, Any]]:
     # the engine's grading policy decides success in the metrics too (one notion of "correct")
     policy = policy or grading.policy_of(getattr(engine, "grader", None))

@@ -55,7 +55,7 @@ def per_question_correctness(trajs: Sequence[Trajectory]) -> dict[str, float]:
     """Mean correctness per example id (over its samples)."""
     acc: dict[str, list[float]] = defaultdict(list)
     for t in trajs:
-        acc[t.example_id].append(float(t.correct))
+        acc[t.example_id].append(float(t.score))
     return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
@@ -64,7 +64,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example],
-            policy: grading.GradingPolicy) -> list[dict[str, Any]]:
+            policy: grading.Grader) -> list[dict[str, Any]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         groups[t.group_id or t.example_id].append(t)
@@ -87,23 +87,23 @@ def compute_metrics(
     trajs: Sequence[Trajectory],
     examples_by_id: Mapping[str, Example],
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
-    policy: grading.GradingPolicy | None = None,
+    policy: grading.Grader | None = None,
 ) -> dict[str, Any]:
     """All metrics of one set of trajectories (see module docstring); ``policy`` decides
     which scores count as a success (default: QA F1 >= 0.75)."""
-    policy = policy or grading.GradingPolicy()
+    policy = policy or grading.Grader()
     for t in trajs:
         if t.example_id not in examples_by_id:
             raise ValueError(f"compute_metrics: trajectory {t.id!r} refers to unknown example {t.example_id!r}")
     n = len(trajs)
-    c = [float(t.correct) for t in trajs]
+    c = [float(t.score) for t in trajs]
     calls = [call_count(t) for t in trajs]
     tokens = [t.model_tokens for t in trajs]
     total_calls = sum(calls)
     ok_calls = sum(1 for t in trajs for call in t.tool_calls if call.status == OK)
     paper_failed = [sum(paper_call_failed(call) for call in t.tool_calls) for t in trajs]
     labels = _labels(trajs, examples_by_id, policy)
-    wrong = [not policy.is_success(examples_by_id[t.example_id].domain, ci) for t, ci in zip(trajs, c)]
+    wrong = [not policy.succeeded(t, examples_by_id[t.example_id]) for t in trajs]
     wrong_known = [b["insufficient"] for b, w in zip(labels, wrong) if w and b["insufficient"] is not None]
     out: dict[str, Any] = {
         "n": n,

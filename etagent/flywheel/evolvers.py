@@ -35,11 +35,10 @@ Item = tuple[Example, Trajectory]
 #: how a hint is written into the trajectory (model text inside a think block)
 DEFAULT_HINT_FORMAT = protocol.open_tag(protocol.THINK) + "{hint}" + protocol.close_tag(protocol.THINK)
 
+#: built-in templates: "<fault>.<tool>" from each default tool's ``ToolSpec.hints``, then the generic ones
 DEFAULT_HINTS: dict[str, str] = {
-    "insufficient.python": "I should compute this with python.",
-    "insufficient.search": "I need to search for this.",
-    "aborted.python": "The code failed; I should fix it and run it again.",
-    "aborted.search": "The search failed; I should search again with a simpler query.",
+    **{f"{fault}.{t.name}": t.hints[fault] for fault in ("insufficient", "aborted")
+       for t in protocol.default_grammar().tools if fault in t.hints},
     "unfinished": "I should finish and give the answer.",
     "format": "I should follow the format.",
     "erroneous": "Let me check the result again.",
@@ -129,7 +128,7 @@ class PolicyEvolver(Evolver):
             for s in outs[i * n : (i + 1) * n]:
                 c = cost(s.response_text)
                 key = normalise_response(s.response_text)
-                if c >= best_cost or key in seen or not ctx.verifier.is_correct(ex, s.correct):
+                if c >= best_cost or key in seen or not ctx.verifier.is_correct(ex, s.score):
                     ctx.stats["global_refine/not_shorter_or_wrong"] += 1
                     continue
                 seen.add(key)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from etagent import protocol
 from etagent.flywheel.textops import call_steps, is_blank
-from etagent.protocol import ANSWER, RESULT, TEXT, THINK, TOOL_TAGS
+from etagent.protocol import ANSWER, RESULT, TEXT, THINK
 from etagent.records import Example, Trajectory
 
 ABORTED, FORMAT, UNFINISHED, INSUFFICIENT, ERRONEOUS = "aborted", "format", "unfinished", "insufficient", "erroneous"
@@ -95,12 +95,15 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
     return Fault(cut, INSUFFICIENT if insufficient else ERRONEOUS, len(steps))
 
 
-def tool_for_fault(example: Example, fault: Fault, traj: Trajectory) -> str | None:
+def tool_for_fault(example: Example, fault: Fault, traj: Trajectory,
+                   grammar: protocol.Grammar | None = None) -> str | None:
     """The tool a continuation most likely needs (picks the hint template): the failed
-    call's kind, else the domain default. The plan's next tool is deliberately not used,
-    so hints carry no oracle knowledge beyond the domain."""
+    call's kind, else the first tool whose spec lists the example's domain (math: python,
+    qa: search). The plan's next tool is deliberately not used, so hints carry no oracle
+    knowledge beyond the domain."""
+    grammar = grammar or protocol.default_grammar()
     if fault.kind == ABORTED and fault.step < len(traj.tool_calls):
         kind = traj.tool_calls[fault.step].kind
-        if kind in TOOL_TAGS:
+        if kind in grammar.tool_tags:
             return kind
-    return protocol.PYTHON if example.domain == "math" else protocol.SEARCH
+    return next((t.name for t in grammar.tools if example.domain in t.domains), None)

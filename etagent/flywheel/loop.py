@@ -6,7 +6,9 @@ strategy propose candidates (enhancement on correct, reflection on incorrect), v
 candidates with the real tools, keep the best ``keep_per_parent`` accepted per parent and
 strategy, merge samples + accepted edits into the de-duplicated pool, persist the round,
 optionally fine-tune the policy on the current SFT selection, and go again. Stops at
-``max_rounds`` or when a round adds no new eligible correct trajectory.
+``max_rounds`` or when a round adds no new eligible correct trajectory. The round's steps
+are :data:`etagent.flywheel.steps.ROUND_STEPS`; this module runs them, records the round
+table row, persists and resumes.
 
 Persistence: after each round, ``round_<r>.jsonl`` (the trajectories the round added) and
 ``state.json`` (completed rounds, the table rows) are written atomically; a killed run
@@ -33,19 +35,18 @@ that isolates what the four operations add.
 from __future__ import annotations
 
 import dataclasses
-import random
-import time
 import logging
-from collections import Counter, defaultdict
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from etagent.behaviour import label_behaviour
 from etagent.flywheel.evolvers import Evolver, PolicyEvolver
-from etagent.flywheel.pool import SAMPLE, Pool, answer_grounded
+from etagent.flywheel.pool import SAMPLE, Pool
 from etagent.flywheel.report import behaviour_rates, write_round_report
-from etagent.flywheel.strategies import CORRECT, STRATEGIES, EvolveContext, build_strategies
+from etagent.flywheel.steps import ROUND_STEPS, Flywheel, Round
+from etagent.flywheel.strategies import STRATEGIES, EvolveContext, build_strategies
 from etagent.flywheel.verify import Verifier
 from etagent.records import Example, Trajectory, read_jsonl, write_jsonl
 from etagent.utils.io import atomic_write_json, read_json
@@ -87,31 +88,19 @@ class FlywheelConfig:
 
 
 def coerce_config(cfg: Any) -> FlywheelConfig:
-    """Accept a FlywheelConfig, a dict or an OmegaConf node (``_target_`` ignored)."""
+    """A FlywheelConfig, or a ``flywheel`` config node built from its ``_target_``."""
     if isinstance(cfg, FlywheelConfig):
         return cfg
-    from omegaconf import OmegaConf
+    from etagent.config import build
 
-    if OmegaConf.is_config(cfg):
-        from hydra.utils import instantiate
-
-        return instantiate(cfg) if "_target_" in cfg else FlywheelConfig(**OmegaConf.to_container(cfg, resolve=True))
-    d = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
-    names = {f.name for f in dataclasses.fields(FlywheelConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"flywheel config: unknown keys {unknown}")
-    return FlywheelConfig(**d)
+    built = build(cfg, "flywheel")
+    if not isinstance(built, FlywheelConfig):
+        raise TypeError(f"flywheel config: expected a FlywheelConfig or a node with its _target_, got {type(built).__name__}")
+    return built
 
 
 def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
-
-
-def _pick_questions(examples: list[Example], k: int | None, seed: int, round_: int) -> list[Example]:
-    if not k or k >= len(examples):
-        return list(examples)
-    return random.Random(seed * 1000 + round_).sample(list(examples), k)
 
 
 def _policy(engine: Any, cfg: FlywheelConfig):
@@ -119,8 +108,7 @@ def _policy(engine: Any, cfg: FlywheelConfig):
     which defaults to ``grading.qa_threshold``)."""
     from etagent import grading
 
-    p = grading.policy_of(getattr(engine, "grader", None))
-    return grading.GradingPolicy(p.qa_metric, cfg.min_correct, p.math_judge)
+    return grading.policy_of(getattr(engine, "grader", None)).with_threshold(cfg.min_correct)
 
 
 def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
@@ -162,129 +150,90 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
     evolver = cfg.evolver or evolver or PolicyEvolver()
     if hasattr(evolver, "bind"):
         evolver.bind(engine.backend)
-    verifier = verifier or build_verifier(engine, cfg)
-    strategies = build_strategies(cfg.strategies)
-    by_id = {e.id: e for e in examples}
-    policy = _policy(engine, cfg)
-
-    pool, rows, start, stopped, finetuned_after = Pool(), [], 1, None, 0
-    state_path = out / "state.json"
-    if state_path.exists():
-        state = read_json(state_path)
-        done = int(state["completed_rounds"])
-        for r in range(1, done + 1):
-            for t in read_jsonl(out / f"round_{r}.jsonl", Trajectory):
-                pool.add(t)
-        rows, start, stopped = list(state["rounds"]), done + 1, state.get("stopped")
-        finetuned_after = int(state.get("finetuned_after", 0))
-        if not stopped and finetune_fn and cfg.finetune_between_rounds and 0 < done < cfg.max_rounds:
-            # re-run (or reload, if finetune_fn finds its checkpoint) so the engine holds the round-`done` policy
-            finetune_fn(_select(pool, cfg), done)
-            finetuned_after = done
-            atomic_write_json(state_path, {**state, "finetuned_after": done})
+    fw = Flywheel(engine, list(examples), cfg, verifier or build_verifier(engine, cfg), evolver,
+                  build_strategies(cfg.strategies), _policy(engine, cfg))
+    finetune = finetune_fn if finetune_fn and cfg.finetune_between_rounds else None
+    rows, start, stopped, finetuned_after = _resume(fw, out, finetune)
 
     for r in range(start, cfg.max_rounds + 1):
         if stopped:
             break
         t0 = time.time()
-        qs = _pick_questions(examples, cfg.questions_per_round, cfg.seed, r)
-        if hasattr(engine, "progress_desc"):
-            engine.progress_desc = f"flywheel round {r}/{cfg.max_rounds}"
-        ctx = EvolveContext(engine, verifier, evolver, round=r, extra_calls=cfg.extra_calls,
-                            continuations=cfg.continuations, temperature=cfg.temperature,
-                            keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed)
-        samples = engine.rollout(qs, cfg.samples_per_question,
-                                 ctx.sampling_params(cfg.temperature, cfg.samples_per_question), group_prefix=f"fw{r}-")
-        groups: dict[str, list[Trajectory]] = defaultdict(list)
-        for s in samples:
-            groups[s.example_id].append(s)
-        for s in samples:
-            s.meta["rollout_strategy"] = s.meta.get("strategy")  # the engine's (standard|branching)
-            s.meta.update(round=r, strategy=SAMPLE, parent_id=None)
-            if not s.behaviour:
-                s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id], policy=policy))
-            ex = by_id[s.example_id]
-            s.meta["grounded"] = answer_grounded(s, ex.question, groups[s.example_id],
-                                                 lambda t, ex=ex: verifier.is_correct(ex, t.correct))
-        split = {CORRECT: [], "incorrect": []}
-        for s in samples:
-            ok = not s.format_errors and verifier.is_correct(by_id[s.example_id], s.correct)
-            split[CORRECT if ok else "incorrect"].append((by_id[s.example_id], s))
-        # compounding: the edits the previous round accepted are parents again (the official
-        # flywheel re-selects from its buffer), so an edit can be edited further
-        frontier = [t for t in pool.trajectories if t.meta.get("round") == r - 1 and t.meta.get("strategy") != SAMPLE
-                    and t.example_id in by_id and not t.format_errors
-                    and verifier.is_correct(by_id[t.example_id], t.correct)]
-        split[CORRECT].extend((by_id[t.example_id], t) for t in frontier)
-
-        added: list[Trajectory] = [s for s in samples if pool.add(s)]
-        stats: dict[str, Counter] = {st.name: Counter() for st in strategies}
-        rejected_by: dict[str, Counter] = {st.name: Counter() for st in strategies}
-        cands = []
-        for st in strategies:
-            c = st.propose(split[st.target], ctx)
-            stats[st.name]["proposed"] += len(c)
-            cands.extend(c)
-        verdicts = verifier.verify(cands)
-        accepted: dict[str, list] = defaultdict(list)
-        for v in verdicts:
-            name = v.candidate.strategy
-            if v.ok:
-                stats[name]["accepted"] += 1
-                accepted[v.candidate.key].append(v)
-            else:
-                stats[name]["rejected"] += 1
-                rejected_by[name][v.reason] += 1
-        for key in accepted:
-            for v in sorted(accepted[key], key=lambda v: v.candidate.rank)[: cfg.keep_per_parent]:
-                if pool.add(v.traj):
-                    added.append(v.traj)
-                    stats[v.candidate.strategy]["added"] += 1
-
-        write_jsonl(out / f"round_{r}.jsonl", added)
-        gain = sum(1 for t in added if t.correct >= cfg.min_correct and not t.format_errors
+        rnd = Round(r, EvolveContext(engine, fw.verifier, evolver, round=r, extra_calls=cfg.extra_calls,
+                                     continuations=cfg.continuations, temperature=cfg.temperature,
+                                     keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed))
+        for step in ROUND_STEPS:
+            step(fw, rnd)
+        write_jsonl(out / f"round_{r}.jsonl", rnd.added)
+        gain = sum(1 for t in rnd.added if fw.policy.is_success(None, t.score) and not t.format_errors
                    and (cfg.include_unedited_correct or t.meta["strategy"] != SAMPLE))
-        sel = _select(pool, cfg)
-        trajs = pool.trajectories
-        row = {
-            "round": r, "questions": len(qs), "samples": len(samples), "pool_parents": len(frontier),
-            "sample_correct": _mean([float(verifier.is_correct(by_id[s.example_id], s.correct)) for s in samples]),
-            "sample_mean_calls": _mean([s.num_calls for s in samples]),
-            **behaviour_rates(samples, "sample_"),
-            "accepted": sum(s["accepted"] for s in stats.values()),
-            "rejected": sum(s["rejected"] for s in stats.values()),
-            "added": len(added), "new_correct": gain,
-            "pool_size": len(pool),
-            "pool_correct": _mean([float(t.correct >= cfg.min_correct) for t in trajs]),
-            "pool_mean_calls": _mean([t.num_calls for t in trajs]),
-            **behaviour_rates(trajs, "pool_"),
-            "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
-            # no-tool answers to tool-needing questions in the SFT data, without / with grounding
-            "sft_lucky_before": lucky_share(_select(pool, cfg, require_grounded=False), by_id),
-            "sft_lucky": lucky_share(sel, by_id),
-            "wall_s": round(time.time() - t0, 2),
-            "strategies": {k: {**dict(v), "rejected_by": dict(rejected_by[k])} for k, v in stats.items()},
-            "stats": dict(ctx.stats),
-        }
+        sel = _select(fw.pool, cfg)
+        row = _round_row(fw, rnd, gain, sel, t0)
         rows.append(row)
         log.info("flywheel round %d: %d samples (%.0f%% correct), %d edits accepted / %d rejected, "
-                 "pool %d, %.0fs", r, len(samples), 100 * (row["sample_correct"] or 0), row["accepted"],
-                 row["rejected"], len(pool), row["wall_s"])
+                 "pool %d, %.0fs", r, len(rnd.samples), 100 * (row["sample_correct"] or 0), row["accepted"],
+                 row["rejected"], len(fw.pool), row["wall_s"])
         if gain == 0 and cfg.stop_when_no_gain:
             stopped = f"round {r} added no new correct trajectory"
         state = {"completed_rounds": r, "rounds": rows, "stopped": stopped, "finetuned_after": finetuned_after}
-        atomic_write_json(state_path, state)
+        atomic_write_json(out / "state.json", state)
         if tracker is not None:
             tracker.log({k: v for k, v in row.items() if not isinstance(v, dict)}, step=r, stage="flywheel")
-        if not stopped and finetune_fn and cfg.finetune_between_rounds and r < cfg.max_rounds:
-            finetune_fn(sel, r)
+        if not stopped and finetune and r < cfg.max_rounds:
+            finetune(sel, r)
             finetuned_after = r
-            atomic_write_json(state_path, {**state, "finetuned_after": r})
+            atomic_write_json(out / "state.json", {**state, "finetuned_after": r})
 
-    pool.save(out / "pool.jsonl")
-    write_jsonl(out / "sft.jsonl", _select(pool, cfg))
+    fw.pool.save(out / "pool.jsonl")
+    write_jsonl(out / "sft.jsonl", _select(fw.pool, cfg))
     write_round_report(rows, out)
-    return pool
+    return fw.pool
+
+
+def _resume(fw: Flywheel, out: Path, finetune: Callable | None) -> tuple[list[dict], int, str | None, int]:
+    """Reload finished rounds into ``fw.pool``; -> (table rows, next round, stop reason, finetuned_after)."""
+    state_path = out / "state.json"
+    if not state_path.exists():
+        return [], 1, None, 0
+    cfg, state = fw.cfg, read_json(state_path)
+    done = int(state["completed_rounds"])
+    for r in range(1, done + 1):
+        for t in read_jsonl(out / f"round_{r}.jsonl", Trajectory):
+            fw.pool.add(t)
+    rows, stopped = list(state["rounds"]), state.get("stopped")
+    finetuned_after = int(state.get("finetuned_after", 0))
+    if not stopped and finetune and 0 < done < cfg.max_rounds:
+        # re-run (or reload, if finetune_fn finds its checkpoint) so the engine holds the round-`done` policy
+        finetune(_select(fw.pool, cfg), done)
+        finetuned_after = done
+        atomic_write_json(state_path, {**state, "finetuned_after": done})
+    return rows, done + 1, stopped, finetuned_after
+
+
+def _round_row(fw: Flywheel, rnd: Round, gain: int, sel: list[Trajectory], t0: float) -> dict[str, Any]:
+    """The round's line of ``rounds.json`` (and the tracker's)."""
+    cfg, by_id, pool, samples, stats = fw.cfg, fw.by_id, fw.pool, rnd.samples, rnd.stats
+    trajs = pool.trajectories
+    return {
+        "round": rnd.r, "questions": len(rnd.questions), "samples": len(samples), "pool_parents": len(rnd.frontier),
+        "sample_correct": _mean([float(fw.verifier.is_correct(by_id[s.example_id], s.score)) for s in samples]),
+        "sample_mean_calls": _mean([s.num_calls for s in samples]),
+        **behaviour_rates(samples, "sample_"),
+        "accepted": sum(s["accepted"] for s in stats.values()),
+        "rejected": sum(s["rejected"] for s in stats.values()),
+        "added": len(rnd.added), "new_correct": gain,
+        "pool_size": len(pool),
+        "pool_correct": _mean([float(fw.policy.is_success(None, t.score)) for t in trajs]),
+        "pool_mean_calls": _mean([t.num_calls for t in trajs]),
+        **behaviour_rates(trajs, "pool_"),
+        "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
+        # no-tool answers to tool-needing questions in the SFT data, without / with grounding
+        "sft_lucky_before": lucky_share(_select(pool, cfg, require_grounded=False), by_id),
+        "sft_lucky": lucky_share(sel, by_id),
+        "wall_s": round(time.time() - t0, 2),
+        "strategies": {k: {**dict(v), "rejected_by": dict(rnd.rejected_by[k])} for k, v in stats.items()},
+        "stats": dict(rnd.ctx.stats),
+    }
 
 
 def _select(pool: Pool, cfg: FlywheelConfig, require_grounded: bool = True) -> list[Trajectory]:

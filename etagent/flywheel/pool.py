@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Iterable, Iterator
 
 from etagent.flywheel.textops import cost, normalise_response
+from etagent.grading import Grader
 from etagent.records import Trajectory, read_jsonl, write_jsonl
 
 SAMPLE = "sample"
@@ -82,8 +83,9 @@ class Pool:
         format-valid and grounded (``meta['grounded']`` not False: unedited samples pass the
         loop's grounding check, see :func:`answer_grounded`) trajectories, best first per question."""
         by_q: dict[str, list[Trajectory]] = defaultdict(list)
+        success = Grader(qa_threshold=min_correct)  # no domain here: the threshold rule (math scores are 0/1)
         for t in self._items:
-            if t.correct < min_correct or t.format_errors:
+            if not success.is_success(None, t.score) or t.format_errors:
                 continue
             if not include_unedited and t.meta.get("strategy") == SAMPLE:
                 continue

@@ -40,8 +40,8 @@ from etagent.flywheel.fault import Fault
 from etagent.flywheel.textops import (
     call_steps,
     cost,
+    edit_dedup_key,
     is_blank,
-    normalise_query,
     normalise_response,
     salient_tokens,
 )
@@ -151,7 +151,7 @@ def remove_redundant(text: str, question: str, statuses: list[str] | None = None
             ci = live[st.call]
             call = segs[ci]
             status = statuses[call_ord[ci]] if call_ord[ci] < len(statuses) else "ok"
-            key = (call.kind, normalise_query(call.kind, call.content))
+            key = (call.kind, edit_dedup_key(call.kind, call.content))
             end = st.result if st.result is not None else st.call
             before = view[: st.call]
             after = view[end + 1 :]

@@ -26,10 +26,19 @@ def model_text(segments: list[Segment]) -> str:
     return " ".join(s.content for s in segments if s.kind != RESULT)
 
 
-def normalise_query(kind: str, query: str) -> str:
-    """Call identity for duplicate detection: whitespace collapsed; search is case-blind."""
+def edit_dedup_key(kind: str, query: str, grammar: protocol.Grammar | None = None) -> str:
+    """The flywheel's call identity when it removes repeated calls from a trajectory
+    (``remove_redundant``): whitespace collapsed; case folded for tools whose spec says
+    ``case_sensitive=False`` (search).
+
+    Deliberately stricter than the tool's canonical query key (``ToolSpec.normalise_query``,
+    used by the behaviour labels): it keeps punctuation and python's inner spaces, so the
+    flywheel removes only near-verbatim repeats; switching it to the canonical key would change
+    which edits the flywheel makes (and its numbers).
+    """
     q = " ".join(query.split())
-    return q.lower() if kind == protocol.SEARCH else q
+    spec = (grammar or protocol.default_grammar()).spec(kind)
+    return q if spec is None or spec.case_sensitive else q.lower()
 
 
 _TAG_SPACE_RE = re.compile(r"\s*(</?(?:" + "|".join(protocol.TAGS) + r")>)\s*")

@@ -99,6 +99,7 @@ class Verifier:
         self.tokenizer = tokenizer
         self.grader = grader
         self.min_correct = min_correct
+        self._success = grading.Grader(qa_threshold=min_correct)  # what counts as correct: the flywheel's threshold
         self.require_same_results = require_same_results
         self.allow_failed_calls = allow_failed_calls
         self.max_result_chars = max_result_chars
@@ -107,7 +108,7 @@ class Verifier:
 
     # ------------------------------------------------------------------ helpers
     def is_correct(self, example: Example, score: float) -> bool:
-        return grading.is_success(example.domain, score, self.min_correct)
+        return self._success.is_success(example.domain, score)
 
     def _output(self, res: Any) -> str:
         out = res.output or ""
@@ -227,7 +228,7 @@ class Verifier:
             logprobs=None,
             tool_calls=calls,
             answer=answer,
-            correct=score,
+            score=score,
             finish_reason="answer",
             format_errors=[],
             meta=meta,

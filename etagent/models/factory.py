@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -32,7 +32,7 @@ class ModelSpec:
     """
 
     name: str = "tiny"
-    kind: str = "scratch"  # scratch | pretrained
+    kind: Literal["scratch", "pretrained"] = "scratch"
     path: str | None = None
     size: str | None = "tiny"
     arch: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +40,6 @@ class ModelSpec:
     max_position_embeddings: int = 1024
     use_system_prompt: bool = False
     dtype: str = "float32"  # weights dtype on load; training uses bf16 autocast where supported
-    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("scratch", "pretrained"):

@@ -40,14 +40,21 @@ def examples_by_id(ctx: RunContext) -> dict[str, Example]:
     return out
 
 
-def system_prompt(ctx: RunContext) -> str | None:
-    """The configured system prompt (`prompts.system`, null = the protocol's), if the model uses one."""
-    from etagent import protocol
+def tool_grammar(ctx: RunContext):
+    """The tag grammar of the configured tools (``tools``), read from their classes without
+    building them (equal to ``make_toolset(ctx).grammar``)."""
+    from etagent.tools import config_grammar
 
+    return config_grammar(ctx.cfg.get("tools") or {})
+
+
+def system_prompt(ctx: RunContext) -> str | None:
+    """The configured system prompt (`prompts.system`, null = the one derived from the configured
+    tools), if the model uses one."""
     if not bool(ctx.cfg.model.get("use_system_prompt", False)):
         return None
     configured = ctx.cfg.get("prompts", {}).get("system")
-    return str(configured) if configured else protocol.SYSTEM_PROMPT
+    return str(configured) if configured else tool_grammar(ctx).system_prompt
 
 
 def check_search_corpus(ctx: RunContext) -> None:
@@ -144,7 +151,4 @@ def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None)
 
 def sft_config(ctx: RunContext, which: str):
     """SFT config for `seed` or `ase`: the `train` group with that stage's overrides."""
-    base = OmegaConf.to_container(ctx.cfg.train, resolve=True)
-    over = ctx.cfg.get(f"{which}_sft") or {}
-    base.update(OmegaConf.to_container(over, resolve=True) if OmegaConf.is_config(over) else dict(over))
-    return build(OmegaConf.create(base), f"train ({which})")
+    return build(ctx.cfg.train, f"train ({which})", **(ctx.cfg.get(f"{which}_sft") or {}))

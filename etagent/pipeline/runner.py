@@ -24,8 +24,9 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from etagent.config import ConfigError, build_partial
-from etagent.utils import markers
+from etagent.pipeline import registry
 from etagent.pipeline.context import RunContext
+from etagent.utils import markers
 from etagent.utils.io import apply_umask_tree, atomic_write_json, atomic_write_text
 from etagent.utils.logs import move_file_logs
 from etagent.utils.seeding import seed_everything
@@ -191,20 +192,6 @@ def import_stages(run_dir: Path, source: Path, stages: list[str]) -> list[str]:
     return copied
 
 
-def _stage_fns():
-    from etagent.pipeline import stage_ase, stage_eval, stage_flywheel, stage_report, stage_rl, stage_seed, stage_world
-
-    return {
-        "world": stage_world.run,
-        "seed": stage_seed.run,
-        "flywheel": stage_flywheel.run,
-        "ase": stage_ase.run,
-        "rl": stage_rl.run,
-        "eval": stage_eval.run,
-        "report": stage_report.run,
-    }
-
-
 def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         run_dir, resumed = resolve_run_dir(cfg)
@@ -226,12 +213,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             log.info("reused finished stages %s from %s", copied, cfg.init_from)
     ctx = RunContext(cfg=cfg, run_dir=run_dir, tracker=tracker, resume=resumed)
     ctx.threads()
-    fns = _stage_fns()
+    specs = [registry.get(stage) for stage in cfg.stages]  # an unknown name fails before any stage runs
     log.info("run dir: %s%s", run_dir, " (resumed)" if resumed else "")
     summaries: dict[str, Any] = {}
     t_all = time.time()
     try:
-        for stage in cfg.stages:
+        for spec in specs:
+            stage = spec.name
             sdir = ctx.stage_dir(stage)
             if markers.is_done(sdir):
                 m = markers.read_marker(sdir)
@@ -240,7 +228,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
                 continue
             t0 = time.time()
             log.info("%-9s started", stage)
-            summary = fns[stage](ctx) or {}
+            summary = spec.run(ctx) or {}
             wall = time.time() - t0
             apply_umask_tree(sdir)  # libraries that write 0600 files (safetensors) inside the stage
             markers.mark_done(sdir, summary, wall)

@@ -4,7 +4,7 @@ Policies are evaluated in pipeline order (seed, ase, rl_stage_1, ...; ``base`` f
 pretrained model). Each policy's result is written on its own and skipped on resume,
 so an interrupted evaluation continues with the next policy.
 
-Grading is the run's :class:`etagent.grading.GradingPolicy` with ``eval.qa_metric``.
+Grading is the run's :class:`etagent.grading.Grader` with ``eval.qa_metric``.
 ``judge=llm``: math equivalence is decided by the LLM judge (the paper's Qwen2.5-72B role;
 ``judge.backend: null`` = the evaluated policy's own backend) and, with
 ``eval.concise_judge=true``, conciseness too (``conciseness_judge``; the rule-based

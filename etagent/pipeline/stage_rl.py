@@ -5,7 +5,7 @@ current policy, selects questions with the `sampling` group (NSGA-II Pareto by d
 trains GRPO with the `reward` group's reward, checkpoints and evaluates on dev. Stage
 markers and GRPO checkpoints make a killed run resume where it stopped.
 
-The rollouts are graded by one :class:`etagent.grading.GradingPolicy` built from
+The rollouts are graded by one :class:`etagent.grading.Grader` built from
 ``reward.qa_metric`` and ``grading.qa_threshold`` (what the reward sees is what the engine
 graded). Backends: ``hf`` shares the trainer's in-process model; ``vllm`` is handed a saved
 checkpoint directory (``rl/vllm_weights``) and reloaded from it after every update
@@ -16,8 +16,9 @@ never follow the trainer).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from etagent.config import build
 from etagent.evaluation.evaluate import evaluate
@@ -55,6 +56,20 @@ def _backend_kind(ctx: RunContext) -> str:
     return "hf" if target.endswith("HFBackend") else "vllm" if target.endswith("VLLMBackend") else "server"
 
 
+def rl_components(cfg: Any) -> tuple[Any, Any, Any, Callable[..., Any]]:
+    """(schedule, rl hyper-parameters, reward, trainer factory), each instantiated from its ``_target_``.
+
+    The algorithm is ``rl.algo`` (built inside ``rl``): the trainer only samples, scores,
+    updates and checkpoints, so ``rl/algo=rloo`` is the whole change for RLOO.
+    """
+    from etagent.rl.grpo import GRPOTrainer
+
+    reward = build(cfg.reward, "reward")
+    schedule = build(cfg.schedule, "schedule")
+    rl = build(cfg.rl, "rl")
+    return schedule, rl, reward, functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+
+
 def run(ctx: RunContext) -> dict:
     from etagent.config.validate import ConfigError
     from etagent.rl.curriculum import run_curriculum
@@ -69,8 +84,9 @@ def run(ctx: RunContext) -> dict:
     start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
-    # reward.qa_metric grades the RL rollouts (the engine sets traj.correct the reward uses)
-    policy = components.grading_policy(ctx, build(ctx.cfg.reward, "reward").qa_metric)
+    schedule, rl, reward, make_trainer = rl_components(ctx.cfg)
+    # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
+    policy = components.grading_policy(ctx, reward.qa_metric)
     with components.make_toolset(ctx) as toolset:
 
         def make_engine(model, tok):
@@ -87,11 +103,11 @@ def run(ctx: RunContext) -> dict:
             return metrics["overall"]
 
         result = run_curriculum(
-            start, train, dev, ctx.cfg.schedule, ctx.cfg.rl, ctx.cfg.reward, sampler, rdir, ctx.tracker,
+            start, train, dev, schedule, rl, reward, sampler, rdir, ctx.tracker,
             evaluate_fn if dev else None, make_engine=make_engine,
-            load_fn=lambda p: components.load_policy(ctx, p),
+            load_fn=lambda p: components.load_policy(ctx, p), make_trainer=make_trainer,
         )
-    out = {"stages": len(ctx.cfg.schedule.stages)}
+    out = {"stages": len(schedule.stages)}
     if isinstance(result, dict):
         out.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
     if ctx.cfg.get("export") == "verl":

@@ -98,8 +98,8 @@ def question_rows(ident: Mapping[str, Any], policy: str, split: str, trajs: Sequ
                "sample": int((t.meta or {}).get("sample", 0)), "domain": domain,
                "benchmark": (ex.source if ex is not None else task), "question": ex.question if ex else None,
                "gold": ex.answers[0] if ex is not None and ex.answers else None, "answer": t.answer,
-               "score": float(t.correct),
-               "correct": bool(is_success(domain, float(t.correct))) if domain else float(t.correct) >= 1.0,
+               "score": float(t.score),
+               "correct": bool(is_success(domain, float(t.score))) if domain else float(t.score) >= 1.0,
                # the metrics' own call count (the official rule), so calls.mean() == mean_calls
                "calls": int(round(u["mean_calls"])) if "mean_calls" in u else t.num_calls,
                **{f"calls_{k}": v for k, v in by_tool.items()}, "calls_other": other,

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from etagent.pipeline.registry import STAGE_NAMES as STAGES  # the one stage list
 from etagent.utils.io import read_json, read_jsonl_dicts
-
-STAGES: tuple[str, ...] = ("world", "seed", "flywheel", "ase", "rl", "eval", "report")
 
 # Metric-log keys vary between writers (GRPO trainer: "reward/mean"; older/other writers:
 # "reward_mean"); each plotted quantity lists its accepted spellings, first match wins.
@@ -268,7 +267,7 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
         for t in read_jsonl_dicts(f):
             calls, corr = groups.setdefault(str(t["example_id"]), ([], []))
             calls.append(float(len(t.get("tool_calls") or [])))
-            corr.append(float(t.get("correct", 0.0)))
+            corr.append(float(t.get("score", t.get("correct", 0.0))))  # "correct": before the rename
         if not groups:
             continue
         ids = list(groups)

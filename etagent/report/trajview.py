@@ -60,7 +60,7 @@ def trajectory_html(traj: Any, question: str | None = None, gold: str | None = N
     head = [f"<b>{esc(title)}</b>" if title else "",
             f"<div><b>Q:</b> {esc(str(question))}</div>" if question is not None else "",
             f"<div><b>gold:</b> {esc(str(gold))} &nbsp; <b>answer:</b> {esc(str(_get(traj, 'answer')))} "
-            f"&nbsp; <b>score:</b> {float(_get(traj, 'correct', 0.0)):.2f} "
+            f"&nbsp; <b>score:</b> {float(_get(traj, 'score', _get(traj, 'correct', 0.0))):.2f} "
             f"&nbsp; <b>finish:</b> {esc(str(_get(traj, 'finish_reason', '')))}</div>",
             f"<div><b>calls:</b> {len(calls)} ("
             + ", ".join(esc(f"{_get(c, 'kind')}:{_get(c, 'status')}") for c in calls)

@@ -6,6 +6,12 @@ the training questions with that policy, lets the sampler (``sampling=pareto|ran
 choose the questions, trains GRPO on them, saves ``<out_dir>/stage_<k>/final`` with
 ``save_pretrained`` and evaluates it on dev.
 
+The stage loop is three steps per stage (:class:`Curriculum`: ``select`` -> ``train`` ->
+``evaluate``). Every component arrives built (``hydra.utils.instantiate`` of its
+``_target_`` in :mod:`etagent.pipeline.stage_rl`): the :class:`Schedule`, the ``rl``
+hyper-parameters, the reward, the sampler and ``make_trainer``, the trainer factory
+(its algorithm is ``rl.algo``), so swapping GRPO for RLOO never touches this file.
+
 Resume: a stage is finished iff its marker ``stage_<k>/.done.json`` exists (written last);
 a rerun skips finished stages, reuses an interrupted stage's saved selection
 (``selection.json``) and lets the trainer continue from its last checkpoint.
@@ -24,17 +30,18 @@ the policy as is.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
 from etagent.utils import markers
 from etagent.records import Example, write_jsonl
-from etagent.rl.grpo import GRPOConfig, GRPOTrainer, as_reward_fn
+from etagent.rl.grpo import GRPOConfig
 from etagent.utils.io import atomic_write_json, read_json
 
 ON_EMPTY = ("sampled", "skip")
@@ -73,7 +80,7 @@ class Schedule:
 
     stages: list = field(default_factory=lambda: [{}])
     eval_before: bool = True  # dev eval of the starting policy (logged as stage 0)
-    on_empty: str = "sampled"  # sampled | skip
+    on_empty: Literal["sampled", "skip"] = "sampled"  # sampled | skip
     sample_batch: int = 64  # questions per rollout call while sampling
     save_samples: bool = True  # keep stage_<k>/samples.jsonl (the sampled trajectories)
     seed: int = 0
@@ -105,13 +112,6 @@ def _plain(x: Any) -> Any:
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
-def _coerce(obj: Any, cls):
-    if isinstance(obj, cls):
-        return obj
-    d = _plain(obj)
-    return cls(**{k: v for k, v in dict(d).items() if not str(k).startswith("_")})
-
-
 def sample_pool(n: int, count: int | None, seed: int, stage: int) -> list[int]:
     """Seeded subset of question indices for a stage's re-sampling (sorted; all if count is None)."""
     if count is None or count >= n:
@@ -137,7 +137,7 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
         by_group.setdefault(t.group_id, []).append(t)
     groups = [by_group.get(f"sample{stage}/{ex.id}", []) for ex in pool]
     tool_counts = [[t.num_calls for t in g] for g in groups]
-    correctness = [[float(t.correct) for t in g] for g in groups]
+    correctness = [[float(t.score) for t in g] for g in groups]
     domains = [ex.domain for ex in pool]
     sel = copy.copy(sampler)
     if spec.select is not None and hasattr(sel, "count"):
@@ -167,9 +167,9 @@ def run_curriculum(
     policy_path: str | Path,
     train_examples: Sequence[Example],
     dev_examples: Sequence[Example],
-    schedule_cfg: Any,
-    rl_cfg: Any,
-    reward_cfg: Any,
+    schedule: Schedule,
+    rl: GRPOConfig,
+    reward: Any,
     sampler: Any,
     out_dir: str | Path,
     tracker: Any,
@@ -177,100 +177,148 @@ def run_curriculum(
     *,
     make_engine: Callable[[Any, Any], Any],
     load_fn: Callable[[Path], tuple[Any, Any]] | None = None,
+    make_trainer: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of the schedule; returns the final policy path and per-stage summaries.
 
+    ``schedule``, ``rl`` and ``reward`` are built objects (:class:`Schedule`,
+    :class:`~etagent.rl.grpo.GRPOConfig`, :class:`~etagent.rl.reward.RewardFn`).
     ``make_engine(model, tokenizer)`` builds the rollout engine for a stage's policy (its
     backend must see the trainer's weights after ``sync_weights``); ``load_fn(path)``
     loads ``(model, tokenizer)`` (default :func:`etagent.models.factory.load_policy`);
     ``evaluate_fn(model, tokenizer, dev_examples, name) -> metrics`` scores a policy on
-    dev (None skips evaluation).
+    dev (None skips evaluation); ``make_trainer(model, tokenizer, engine, out_dir=,
+    tracker=)`` builds a stage's trainer (default: :class:`~etagent.rl.grpo.GRPOTrainer`
+    with ``rl`` and ``reward``).
     """
     if make_engine is None:
         raise ValueError("run_curriculum needs make_engine(model, tokenizer) -> RolloutEngine")
+    for obj, cls, key in ((schedule, Schedule, "schedule"), (rl, GRPOConfig, "rl")):
+        if not isinstance(obj, cls):
+            raise TypeError(f"run_curriculum: `{key}` must be a built {cls.__name__} "
+                            f"(hydra.utils.instantiate of its _target_), got {type(obj).__name__}")
     if load_fn is None:
         from etagent.models.factory import load_policy
 
         load_fn = load_policy
-    sched = _coerce(schedule_cfg, Schedule)
-    rl = _coerce(rl_cfg, GRPOConfig)
-    reward_fn = as_reward_fn(reward_cfg)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_examples, dev_examples = list(train_examples), list(dev_examples)
+    if make_trainer is None:
+        from etagent.rl.grpo import GRPOTrainer
+
+        make_trainer = functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+    train_examples = list(train_examples)
     by_id = {e.id: e for e in train_examples}
     if len(by_id) != len(train_examples):
         raise ValueError("run_curriculum: training example ids must be unique")
+    cur = Curriculum(train_examples, list(dev_examples), schedule, rl, sampler, Path(out_dir), tracker,
+                     evaluate_fn, make_engine, load_fn, make_trainer)
+    cur.out_dir.mkdir(parents=True, exist_ok=True)
     current = Path(policy_path)
-    summary: dict[str, Any] = {"stages": [], "reward": asdict(reward_fn), "sampler": getattr(sampler, "name", None)}
+    summary: dict[str, Any] = {"stages": [], "reward": asdict(reward), "sampler": getattr(sampler, "name", None)}
+    before = cur.evaluate_start(current)
+    if before is not None:
+        summary["before"] = before
+    for k, spec in enumerate(schedule.stages, 1):
+        stage_sum, current = cur.run_stage(k, spec, current)
+        summary["stages"].append(stage_sum)
+    summary["final_policy"] = str(current)
+    return summary
 
-    if sched.eval_before and evaluate_fn is not None and dev_examples:
-        before = out_dir / "eval_before.json"
-        if before.exists():
-            summary["before"] = read_json(before)
-        else:
-            model, tok = load_fn(current)
-            metrics = dict(evaluate_fn(model, tok, dev_examples, "rl/stage0"))
-            _log(tracker, metrics, 0, "rl/stage0/dev")
-            atomic_write_json(before, metrics)
-            summary["before"] = metrics
-            del model
 
-    for k, spec in enumerate(sched.stages, 1):
-        sdir = out_dir / f"stage_{k}"
+@dataclass
+class Curriculum:
+    """What the stages share; :meth:`run_stage` is select -> train -> evaluate, then the marker."""
+
+    train_examples: list
+    dev_examples: list
+    schedule: Schedule
+    rl: GRPOConfig
+    sampler: Any
+    out_dir: Path
+    tracker: Any
+    evaluate_fn: Callable[..., Mapping[str, Any]] | None
+    make_engine: Callable[[Any, Any], Any]
+    load_fn: Callable[[Path], tuple[Any, Any]]
+    make_trainer: Callable[..., Any]
+
+    def __post_init__(self) -> None:
+        self.by_id = {e.id: e for e in self.train_examples}
+
+    def evaluate_start(self, policy: Path) -> dict[str, Any] | None:
+        """Dev metrics of the starting policy (``eval_before``), computed once and kept in eval_before.json."""
+        if not (self.schedule.eval_before and self.evaluate_fn is not None and self.dev_examples):
+            return None
+        path = self.out_dir / "eval_before.json"
+        if path.exists():
+            return read_json(path)
+        model, tok = self.load_fn(policy)
+        metrics = dict(self.evaluate_fn(model, tok, self.dev_examples, "rl/stage0"))
+        _log(self.tracker, metrics, 0, "rl/stage0/dev")
+        atomic_write_json(path, metrics)
+        return metrics
+
+    def run_stage(self, k: int, spec: StageSpec, current: Path) -> tuple[dict[str, Any], Path]:
+        """(stage summary, final policy) of stage ``k``; a finished stage (marker) is only read back."""
+        sdir = self.out_dir / f"stage_{k}"
         name = spec.name or f"rl/stage{k}"
         if markers.is_done(sdir):
-            summary["stages"].append(markers.read_marker(sdir)["summary"])
-            current = sdir / "final"
-            continue
+            return markers.read_marker(sdir)["summary"], sdir / "final"
         t0 = time.time()
         sdir.mkdir(parents=True, exist_ok=True)
-        model, tok = load_fn(current)
-        engine = make_engine(model, tok)
-        sel_path = sdir / "selection.json"
-        if sel_path.exists():  # interrupted stage: keep its questions (the checkpoint's data order)
-            selection = read_json(sel_path)
-        else:
-            pool_idx = sample_pool(len(train_examples), spec.sample_questions, sched.seed, k)
-            selection = sample_and_select(engine, [train_examples[i] for i in pool_idx], spec, sampler, rl,
-                                          sched, k, sdir / "samples.jsonl")
-            selection["sample_s"] = round(time.time() - t0, 2)
-            atomic_write_json(sel_path, selection)
-            _log(tracker, {k2: v for k2, v in selection.items() if k2 != "selected_ids"}, 0, f"{name}/select")
-        questions = [by_id[i] for i in selection["selected_ids"]]
+        model, tok = self.load_fn(current)
+        engine = self.make_engine(model, tok)
+        selection = self.select(k, spec, sdir, name, engine, t0)
         stage_sum: dict[str, Any] = {"stage": k, "name": name, "start_policy": str(current),
                                      **{k2: v for k2, v in selection.items() if k2 != "selected_ids"}}
-        if questions:
-            steps = spec.num_steps(len(questions), rl.prompts_per_step, rl.max_steps)
-            trainer = GRPOTrainer(model, tok, engine, reward_fn, rl, sdir, tracker)
-            sigma0 = {"sigma_tool": spec.sigma_tool, "sigma_len": spec.sigma_len}
-            stats = trainer.train(questions, name, steps, sigma0=sigma0)
-            final = trainer.save_policy(sdir / "final")
-            model = trainer.model
-            hist = stats.pop("history")
-            stage_sum.update({k2: v for k2, v in stats.items()})
-            if hist:
-                last = hist[-1]
-                stage_sum.update({"reward_mean_first": hist[0]["reward/mean"], "reward_mean_last": last["reward/mean"]})
-        else:  # on_empty=skip: the stage keeps the policy unchanged
+        questions = [self.by_id[i] for i in selection["selected_ids"]]
+        model, final = self.train(spec, sdir, name, model, tok, engine, questions, stage_sum)
+        dev = self.evaluate(model, tok, name, stage_sum.get("steps", 0))
+        if dev is not None:
+            stage_sum["dev"] = dev
+        stage_sum["final"] = str(final)
+        markers.mark_done(sdir, stage_sum, time.time() - t0)
+        return stage_sum, final
+
+    def select(self, k: int, spec: StageSpec, sdir: Path, name: str, engine: Any, t0: float) -> dict[str, Any]:
+        """The stage's questions: re-sample and let the sampler choose, or an interrupted stage's selection.json."""
+        path = sdir / "selection.json"
+        if path.exists():  # interrupted stage: keep its questions (the checkpoint's data order)
+            return read_json(path)
+        pool_idx = sample_pool(len(self.train_examples), spec.sample_questions, self.schedule.seed, k)
+        selection = sample_and_select(engine, [self.train_examples[i] for i in pool_idx], spec, self.sampler,
+                                      self.rl, self.schedule, k, sdir / "samples.jsonl")
+        selection["sample_s"] = round(time.time() - t0, 2)
+        atomic_write_json(path, selection)
+        _log(self.tracker, {k2: v for k2, v in selection.items() if k2 != "selected_ids"}, 0, f"{name}/select")
+        return selection
+
+    def train(self, spec: StageSpec, sdir: Path, name: str, model: Any, tok: Any, engine: Any,
+              questions: list[Example], stage_sum: dict[str, Any]) -> tuple[Any, Path]:
+        """Train on ``questions`` (resuming the stage's checkpoint) and save ``sdir/final``; adds stats to ``stage_sum``."""
+        if not questions:  # on_empty=skip: the stage keeps the policy unchanged
             from etagent.train.checkpoint import atomic_dir
 
             with atomic_dir(sdir / "final") as tmp:
                 model.save_pretrained(str(tmp))
                 tok.save_pretrained(str(tmp))
-            final = sdir / "final"
             stage_sum["skipped"] = True
-        if evaluate_fn is not None and dev_examples:
-            metrics = dict(evaluate_fn(model, tok, dev_examples, name))
-            _log(tracker, metrics, stage_sum.get("steps", 0), f"{name}/dev")
-            stage_sum["dev"] = metrics
-        stage_sum["final"] = str(final)
-        markers.mark_done(sdir, stage_sum, time.time() - t0)
-        summary["stages"].append(stage_sum)
-        current = final
-        del model, engine
-    summary["final_policy"] = str(current)
-    return summary
+            return model, sdir / "final"
+        steps = spec.num_steps(len(questions), self.rl.prompts_per_step, self.rl.max_steps)
+        trainer = self.make_trainer(model, tok, engine, out_dir=sdir, tracker=self.tracker)
+        sigma0 = {"sigma_tool": spec.sigma_tool, "sigma_len": spec.sigma_len}
+        stats = trainer.train(questions, name, steps, sigma0=sigma0)
+        final = trainer.save_policy(sdir / "final")
+        hist = stats.pop("history")
+        stage_sum.update(stats)
+        if hist:
+            stage_sum.update({"reward_mean_first": hist[0]["reward/mean"], "reward_mean_last": hist[-1]["reward/mean"]})
+        return trainer.model, final
+
+    def evaluate(self, model: Any, tok: Any, name: str, step: int) -> dict[str, Any] | None:
+        if self.evaluate_fn is None or not self.dev_examples:
+            return None
+        metrics = dict(self.evaluate_fn(model, tok, self.dev_examples, name))
+        _log(self.tracker, metrics, step, f"{name}/dev")
+        return metrics
 
 
 def _log(tracker: Any, metrics: Mapping[str, Any], step: int, stage: str) -> None:

@@ -12,8 +12,12 @@ Choices and departures (all config, all logged):
   current model before the update, at the sampling temperature, through the same code
   path as the new ones, so the first mini-batch ratio is exactly 1; ``rollout`` uses the
   backend's log-probs (same temperature-scaled convention, see backends/base.py).
-* Advantage ``(r - mean_g) / (std_g + eps)`` with the unbiased group std (as verl);
-  ``norm_adv_by_std=false`` keeps ``r - mean_g`` (Dr. GRPO style).
+* The algorithm is config (``rl.algo``, :class:`etagent.rl.algos.Algorithm`): an advantage
+  estimator (:mod:`etagent.rl.advantages`; default GRPO's ``(r - mean_g) / (std_g + eps)``
+  with the unbiased group std, as verl) and a policy loss (:mod:`etagent.rl.losses`;
+  default PPO clip, token-mean). RLOO, Dr. GRPO and DAPO clip-higher are ``rl/algo=...``.
+* Optimizer (AdamW), LoRA, LR warm-up and the bf16 decision come from
+  :mod:`etagent.train.optim`, shared with SFT.
 * KL: ``kl_coef=0`` (official runs) builds no reference model; otherwise the k3 estimator
   ``exp(ref - new) - (ref - new) - 1`` against a frozen copy (LoRA: the adapter-free base).
 * A batch whose gradient is exactly zero (all groups with equal rewards and no KL
@@ -37,19 +41,20 @@ import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from etagent.rl import reward as rw
-from etagent.utils.logs import bar_step
+from etagent.rl.algos import Algorithm, instantiate_node
 from etagent.rl.logprobs import PackedBatch, pack_trajectories, token_logprobs
 from etagent.train import checkpoint as ckpt
-from etagent.train.sft import resolve_bf16
+from etagent.train.optim import (LoraSettings, build_adamw, build_scheduler, check_bf16_flag, merge_lora,
+                                 resolve_bf16, wrap_lora)
 from etagent.utils.io import read_json
+from etagent.utils.logs import bar_step
 
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean")
 OLD_LOGPROBS = ("recompute", "rollout")
 
 
@@ -66,8 +71,6 @@ class GRPOConfig:
     ppo_epochs: int = 1  # passes over one step's rollouts
     mini_batches: int = 2  # optimizer steps per pass
     micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = a whole mini-batch
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2  # > clip_eps_low = DAPO's clip-higher
     kl_coef: float = 0.0  # 0: no reference model (official)
     max_steps: int = 50  # default steps of a stage when the schedule gives none
     temperature: float = 1.0
@@ -75,21 +78,20 @@ class GRPOConfig:
     max_response_tokens: int | None = None  # None: the rollout engine's own budget
     grad_clip: float = 1.0
     bf16: Any = "auto"  # auto | true | false: autocast (auto: CUDA bf16 or a CPU with AMX); log-probs stay float32
-    lora: dict = field(default_factory=lambda: {"enabled": False, "r": 16, "alpha": 32, "dropout": 0.05,
-                                                "target_modules": "all-linear"})
+    lora: Any = field(default_factory=lambda: LoraSettings(target_modules="all-linear"))
     checkpoint_every: int = 25  # 0: only at the end of the stage
     keep_checkpoints: int = 2
-    loss_agg: str = "token-mean"  # token-mean | seq-mean-token-mean
-    norm_adv_by_std: bool = True
-    adv_eps: float = 1e-6
-    old_logprobs: str = "recompute"  # recompute | rollout
+    algo: Any = field(default_factory=Algorithm)  # advantage estimator + policy loss (conf/rl/algo)
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.lora, dict):  # an OmegaConf node from Hydra
+        self.lora = LoraSettings.coerce(self.lora, "rl.lora", target_modules="all-linear")
+        if not isinstance(self.algo, Algorithm):  # a plain mapping (not built by hydra.utils.instantiate)
             from omegaconf import OmegaConf
 
-            self.lora = OmegaConf.to_container(self.lora, resolve=True)
+            node = OmegaConf.create(self.algo if OmegaConf.is_config(self.algo) else dict(self.algo))
+            self.algo = instantiate_node(node, "rl.algo") if "_target_" in node else Algorithm(**node)
         self.betas = list(self.betas)
         checks = [
             (self.group_size >= 2, "rl.group_size must be >= 2 (group-relative advantages)"),
@@ -98,88 +100,18 @@ class GRPOConfig:
             (1 <= self.mini_batches <= self.group_size * self.prompts_per_step,
              "rl.mini_batches must be in [1, prompts_per_step * group_size]"),
             (self.micro_batch_size >= 0, "rl.micro_batch_size must be >= 0"),
-            (self.loss_agg in LOSS_AGGS, f"rl.loss_agg must be one of {LOSS_AGGS}"),
             (self.old_logprobs in OLD_LOGPROBS, f"rl.old_logprobs must be one of {OLD_LOGPROBS}"),
             (self.temperature > 0, "rl.temperature must be > 0 (log-probs divide by it)"),
-            (self.clip_eps_low >= 0 and self.clip_eps_high >= 0, "rl.clip_eps_* must be >= 0"),
             (self.kl_coef >= 0, "rl.kl_coef must be >= 0"),
             (self.lr > 0, "rl.lr must be > 0"),
-            (isinstance(self.bf16, bool) or str(self.bf16).lower() in ("auto", "true", "false"),
-             "rl.bf16 must be auto|true|false"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"{msg} (got {asdict(self)})")
-        unknown = set(self.lora) - {"enabled", "r", "alpha", "dropout", "target_modules"}
-        if unknown:
-            raise ValueError(f"unknown key(s) rl.lora.{sorted(unknown)}")
+        check_bf16_flag(self.bf16, "rl.bf16")
 
 
 # --------------------------------------------------------------------------- pure pieces
-
-
-def group_advantages(rewards: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """``[P, G]`` rewards -> group-relative advantages; an all-equal group gives exactly 0."""
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
-    # why: a float mean of equal values can be off by one ulp; equal groups must give exactly 0
-    equal = (rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True))
-    centred = torch.where(equal, torch.zeros_like(centred), centred)
-    if not norm_by_std:
-        return centred
-    std = rewards.std(dim=1, keepdim=True, unbiased=True)
-    return torch.where(equal, torch.zeros_like(centred), centred / (std + eps))
-
-
-def clipped_pg_loss(
-    new_lp: torch.Tensor,
-    old_lp: torch.Tensor,
-    adv: torch.Tensor,
-    mask: torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-    ref_lp: torch.Tensor | None = None,
-    kl_coef: float = 0.0,
-    agg: str = "token-mean",
-    denom: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip surrogate (+ k3 KL) on ``[B, T]`` token tensors, aggregated over ``mask``.
-
-    ``adv`` is per sequence ``[B]`` or per token ``[B, T]``. Masked-out tokens contribute
-    exactly zero to the loss and therefore to every gradient. ``denom`` replaces this
-    batch's token count (token-mean) or sequence count (seq-mean-token-mean) so that
-    micro-batches of one mini-batch sum to the mini-batch loss.
-    """
-    if adv.dim() == 1:
-        adv = adv[:, None].expand_as(new_lp)
-    log_ratio = (new_lp - old_lp) * mask
-    ratio = torch.exp(log_ratio)
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    tok_loss = torch.maximum(pg1, pg2)
-    kl = torch.zeros_like(new_lp)
-    if ref_lp is not None and kl_coef > 0:
-        d = (ref_lp - new_lp) * mask
-        kl = torch.exp(d) - d - 1.0  # k3: unbiased, non-negative
-        tok_loss = tok_loss + kl_coef * kl
-    tok_loss = tok_loss * mask  # why: masked tokens must add exactly 0 (not just a small value)
-    n_tok = mask.sum()
-    if agg == "token-mean":
-        loss = tok_loss.sum() / (n_tok.clamp(min=1.0) if denom is None else max(float(denom), 1.0))
-    elif agg == "seq-mean-token-mean":
-        per_seq_n = mask.sum(-1)
-        has = per_seq_n > 0
-        seq_loss = tok_loss.sum(-1) / per_seq_n.clamp(min=1.0)
-        loss = seq_loss[has].sum() / (has.sum().clamp(min=1) if denom is None else max(float(denom), 1.0))
-    else:
-        raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {agg!r}")
-    with torch.no_grad():
-        n = n_tok.clamp(min=1.0)  # the stats are token means of this batch whatever ``denom`` is
-        stats = {
-            "clip_frac": float(((pg2 > pg1).float() * mask).sum() / n),
-            "ppo_kl": float((-log_ratio * mask).sum() / n),
-            "kl": float((kl * mask).sum() / n),
-        }
-    return loss, stats
 
 
 def data_order(n: int, seed: int, step: int, per_step: int) -> list[int]:
@@ -204,26 +136,20 @@ def fingerprint(examples: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def apply_lora(model, lora: Mapping[str, Any]):
-    from peft import LoraConfig, get_peft_model
-
-    conf = LoraConfig(r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-                      lora_dropout=float(lora.get("dropout", 0.0)),
-                      target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM")
-    return get_peft_model(model, conf)
-
-
-def as_reward_fn(reward_cfg: Any) -> rw.RewardFn:
-    """The ``reward`` config node (RewardFn, dict or DictConfig, ``_target_`` ignored) as a RewardFn."""
-    if isinstance(reward_cfg, rw.RewardFn):
-        return reward_cfg
-    if reward_cfg is None:
+def as_reward_fn(reward: Any) -> rw.RewardFn:
+    """The ``reward`` group as a RewardFn: built objects pass, a config node is instantiated from its ``_target_``."""
+    if isinstance(reward, rw.RewardFn):
+        return reward
+    if reward is None:
         return rw.RewardFn()
-    if not isinstance(reward_cfg, Mapping):
-        from omegaconf import OmegaConf
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-        reward_cfg = OmegaConf.to_container(reward_cfg, resolve=True)
-    return rw.RewardFn(**{k: v for k, v in dict(reward_cfg).items() if not str(k).startswith("_")})
+    node = reward if OmegaConf.is_config(reward) else OmegaConf.create(dict(reward))
+    built = instantiate(node) if "_target_" in node else rw.RewardFn(**node)
+    if not isinstance(built, rw.RewardFn):
+        raise ValueError(f"reward._target_ must build a RewardFn, got {type(built).__name__}")
+    return built
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -254,8 +180,9 @@ class GRPOTrainer:
         self.reward_fn = as_reward_fn(reward_cfg)
         self.out_dir = Path(out_dir)
         self.tracker = tracker
-        self.lora = bool(self.cfg.lora.get("enabled", False))
-        self.model = apply_lora(model, self.cfg.lora) if self.lora else model
+        self.algo: Algorithm = self.cfg.algo
+        self.lora = bool(self.cfg.lora.enabled)
+        self.model = wrap_lora(model, self.cfg.lora) if self.lora else model
         self.device = next(self.model.parameters()).device
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0) if tokenizer is not None else 0
         self.ref_model = None
@@ -265,11 +192,9 @@ class GRPOTrainer:
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, betas=tuple(self.cfg.betas),
-                                           weight_decay=self.cfg.weight_decay)
-        warm = max(int(self.cfg.warmup_steps), 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        # one AdamW group (decay on every tensor) and warm-up then constant LR, as verl
+        self.optimizer = build_adamw(self.params, self.cfg.lr, self.cfg.betas, self.cfg.weight_decay, decay_1d=True)
+        self.scheduler = build_scheduler(self.optimizer, "constant", self.cfg.warmup_steps)
         self.step = 0
         self.autocast = torch.bfloat16 if resolve_bf16(self.cfg.bf16, self.device) else None
 
@@ -370,7 +295,7 @@ class GRPOTrainer:
         t_roll = time.time() - t0
         sigma_tool, sigma_len = self.sigmas(step, total, sigma0)
         comps, rewards = self.compute_rewards(groups, sigma_tool, sigma_len)
-        adv = group_advantages(rewards.float(), cfg.norm_adv_by_std, cfg.adv_eps)
+        adv = self.algo.advantage(rewards.float())
         flat = [t for g in groups for t in g]
         flat_adv = adv.reshape(-1).to(self.device)
 
@@ -424,8 +349,7 @@ class GRPOTrainer:
                 mb = [int(i) for i in mb]
                 mask_mb = packed.loss_mask[torch.as_tensor(mb, device=self.device)]
                 # denominators of the whole mini-batch, so micro-batch losses add up to it
-                denom = (float(mask_mb.sum()) if cfg.loss_agg == "token-mean"
-                         else float((mask_mb.sum(-1) > 0).sum()))
+                denom = self.algo.loss.denominator(mask_mb)
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_stats: dict[str, float] = {"loss": 0.0, "clip_frac": 0.0, "ppo_kl": 0.0, "kl": 0.0, "entropy": 0.0}
                 n_mb = max(float(mask_mb.sum()), 1.0)
@@ -435,9 +359,8 @@ class GRPOTrainer:
                     ix = torch.as_tensor(rows, device=self.device)
                     new_lp, ent = token_logprobs(self.model, sub, cfg.temperature, with_entropy=True,
                                                  autocast_dtype=self.autocast)
-                    loss, st = clipped_pg_loss(new_lp, old_lp[ix, :T], adv[ix], sub.loss_mask, cfg.clip_eps_low,
-                                               cfg.clip_eps_high, None if ref_lp is None else ref_lp[ix, :T],
-                                               cfg.kl_coef, cfg.loss_agg, denom=denom)
+                    loss, st = self.algo.loss(new_lp, old_lp[ix, :T], adv[ix], sub.loss_mask,
+                                              None if ref_lp is None else ref_lp[ix, :T], cfg.kl_coef, denom=denom)
                     loss.backward()
                     w = float(sub.loss_mask.sum()) / n_mb  # token share of this micro-batch
                     mb_stats["loss"] += float(loss.detach())
@@ -478,7 +401,7 @@ class GRPOTrainer:
             "sigma_tool": sigma_tool,
             "sigma_len": sigma_len,
             "adv_abs_mean": float(adv.abs().mean()),
-            "correct_mean": float(np.mean([t.correct for t in flat])),
+            "correct_mean": float(np.mean([t.score for t in flat])),
             "format_error_rate": float(np.mean([bool(t.format_errors) for t in flat])),
             "tool_calls_mean": float(np.mean([t.num_calls for t in flat])),
             "model_tokens_mean": float(np.mean([t.model_tokens for t in flat])),
@@ -543,7 +466,7 @@ class GRPOTrainer:
         Merging replaces ``self.model`` by the merged base model: call at the end of a stage.
         """
         if self.lora:
-            self.model = self.model.merge_and_unload()
+            self.model = merge_lora(self.model)
             self.lora = False
         with ckpt.atomic_dir(path) as tmp:
             self.model.save_pretrained(str(tmp))

@@ -44,9 +44,9 @@ from typing import Sequence
 
 import numpy as np
 
-from etagent.records import MATH, QA
+from etagent.grading import QA_SUCCESS_THRESHOLD, Grader
 
-QA_THRESHOLD = 0.75
+QA_THRESHOLD = QA_SUCCESS_THRESHOLD  # sampling.qa_threshold's default: the grader's
 
 
 # --------------------------------------------------------------------------- objectives
@@ -177,13 +177,9 @@ def pareto_rank(obj_a: Sequence[float], obj_b: Sequence[float], count: int) -> l
 
 
 def has_mixed_outcomes(values: Sequence[float], domain: str | None, qa_threshold: float = QA_THRESHOLD) -> bool:
-    """Whether a question's rollouts both succeed and fail (official filter)."""
-    vals = [float(v) for v in values]
-    if domain == MATH:
-        return any(v == 0 for v in vals) and any(v == 1 for v in vals)
-    if domain not in (None, QA):
-        raise ValueError(f"pareto: unknown domain {domain!r}; expected {MATH!r} or {QA!r}")
-    return any(v >= qa_threshold for v in vals) and any(v < qa_threshold for v in vals)
+    """Whether a question's rollouts both succeed and fail (official filter), by the
+    :class:`etagent.grading.Grader` rule of ``domain`` (None: the threshold rule)."""
+    return Grader(qa_threshold=qa_threshold).mixed(values, domain)
 
 
 def mixed_only(

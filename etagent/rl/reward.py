@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -233,13 +233,13 @@ def trajectory_length(traj: Trajectory, length_source: str = "model_tokens") -> 
 class RewardFn:
     """The ``reward`` config group: ``reward=efficiency`` (paper) or ``reward=correctness``."""
 
-    mode: str = "efficiency"
+    mode: Literal["efficiency", "correctness"] = "efficiency"
     sigma_tool: float = 0.2
     sigma_len: float = 0.5
-    schedule: str = "linear_decay"
-    length_source: str = "model_tokens"
-    qa_metric: str = "f1"
-    format_rules: str = "strict"
+    schedule: Literal["linear_decay", "constant"] = "linear_decay"
+    length_source: Literal["model_tokens", "all_tokens"] = "model_tokens"
+    qa_metric: Literal["f1", "em"] = "f1"
+    format_rules: Literal["strict", "official"] = "strict"
 
     def __post_init__(self) -> None:
         checks = {
@@ -277,12 +277,12 @@ class RewardFn:
         return not protocol.rule_errors(traj.format_errors, self.format_rules)
 
     def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:
-        """[P, G, C] from graded trajectories (``traj.correct`` already set by the rollout)."""
+        """[P, G, C] from graded trajectories (``traj.score`` already set by the rollout)."""
         sizes = {len(g) for g in groups}
         if len(sizes) > 1:
             raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
         return reward_components(
-            [[t.correct for t in g] for g in groups],
+            [[t.score for t in g] for g in groups],
             [[t.parsed().num_calls for t in g] for g in groups],  # paired tags (official count)
             [[trajectory_length(t, self.length_source) for t in g] for g in groups],
             [[float(self.format_ok(t)) for t in g] for g in groups],

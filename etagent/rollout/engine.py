@@ -3,15 +3,19 @@
 Loop (every row = one sampled response):
 
 1. *Generate* for all rows that need it, in one backend call, until a tool-call closer
-   (``</python>``, ``</search>``), the answer closer ``</answer>``, eos / ``<|im_end|>``, or a
+   (``</python>``, ``</search>``: one per tool of the grammar), the answer closer ``</answer>``, eos / ``<|im_end|>``, or a
    token budget.
 2. *Dispatch*: ``</answer>`` or eos ends the row; a call closer makes the row's trailing call
-   pending (parsed from the turn's text with ``protocol.last_call``, leniently with the
+   pending (parsed from the turn's text with ``Grammar.last_call``, leniently with the
    nearest opening tag when an unclosed ``<think>`` swallowed it).
 3. *Tools*: ALL pending calls of the batch go to ``toolset.execute`` at once (concurrent
-   inside); each result is wrapped by ``protocol.format_result`` (truncated to
+   inside); each result is wrapped by ``Grammar.format_result`` (truncated to
    ``max_result_chars``) and appended as forced tokens (mask 0, log-prob 0.0).
 4. Finished rows leave the batch; the others go back to 1.
+
+Grammar (``grammar``, default: the tool set's ``toolset.grammar``, else the default python/search
+grammar): its tool tags are what is parsed and dispatched, its call closers are added to the
+sampling stop strings, and format errors and behaviour labels are computed with it.
 
 Robustness: malformed output never raises. A closer without an opener, an empty call or a
 call to a tool the toolset lacks gets an error result (status ``invalid`` / ``error``) and
@@ -35,7 +39,7 @@ KV reuse: a backend whose ``generate`` takes ``states`` gets each row's last
 checks the state still matches the prefix; forks start without one).
 
 Prefixes (flywheel continuation): ``prefixes[i]`` is a response prefix *text* for example
-``i``; it is encoded with ``protocol.encode_response`` (result blocks mask 0) and its other
+``i``; it is encoded with ``Grammar.encode_response`` (result blocks mask 0) and its other
 tokens get mask 1 if ``treat_prefix_as_model`` else 0; log-probs 0.0 (the RL trainer
 recomputes old log-probs). Calls in the prefix count towards the budget (recorded with status
 ``ok``: their status is unknown from text) and a prefix ending with a closed call without a
@@ -51,7 +55,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from etagent import grading, protocol
 from etagent.backends.base import EOS, LENGTH, Completion, GenerationBackend, SamplingParams
@@ -120,19 +124,15 @@ _default_grader = grading.GradingPolicy()  # each example's task metric, QA succ
 BUDGETS = ("total", "per_kind")
 
 
-#: call closer -> tool kind (``</python>`` -> ``python``)
-_CALL_KIND = {protocol.close_tag(t): t for t in protocol.TOOL_TAGS}
-
-
 class RolloutEngine:
     """Batched multi-turn TIR rollouts over any :class:`GenerationBackend` and tool set."""
 
     def __init__(self, backend: GenerationBackend, toolset: Any, grader: Callable[[Example, str | None], float] | None = None,
                  *, system_prompt: str | None = None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
-                 max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: str = "standard",
+                 max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: Literal["standard", "branching"] = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
-                 budget: str = "total", max_calls_total: int = 6,
-                 label_behaviour: bool = True, progress_min_rows: int = 256):
+                 budget: Literal["total", "per_kind"] = "total", max_calls_total: int = 6,
+                 label_behaviour: bool = True, progress_min_rows: int = 256, grammar: protocol.Grammar | None = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
         for key, val in (("max_response_tokens", max_response_tokens), ("max_turn_tokens", max_turn_tokens)):
@@ -149,6 +149,8 @@ class RolloutEngine:
         self._pass_states = "states" in inspect.signature(backend.generate).parameters
         self.tokenizer = backend.tokenizer
         self.toolset = toolset
+        # the tags this engine stops on, parses and dispatches: the tool set's own
+        self.grammar: protocol.Grammar = grammar or getattr(toolset, "grammar", None) or protocol.default_grammar()
         self.grader = grader or _default_grader
         self.system_prompt = system_prompt
         self.max_calls_per_kind = int(max_calls_per_kind)
@@ -185,17 +187,18 @@ class RolloutEngine:
         return build_prompt_ids(self.tokenizer, ex.question, self.system_prompt)
 
     def _init_prefix(self, row: _Row, prefix: str, as_model: bool) -> None:
-        ids, mask = protocol.encode_response(self.tokenizer, prefix)
+        g = self.grammar
+        ids, mask = g.encode_response(self.tokenizer, prefix)
         start = 0
         for i in range(1, len(ids) + 1):  # segments of equal mask
             if i == len(ids) or mask[i] != mask[start]:
                 m = mask[start] if as_model else 0
                 row.add(ids[start:i], m, None, "prefix" if mask[start] else "result")
                 start = i
-        parsed = protocol.parse(prefix)
+        parsed = g.parse(prefix)
         segs = parsed.segments
         for k, s in enumerate(segs):
-            if s.kind in protocol.TOOL_TAGS and s.closed:
+            if s.kind in g.tool_tags and s.closed:
                 nxt = next((t for t in segs[k + 1 :] if not (t.kind == protocol.TEXT and not t.content.strip())), None)
                 if nxt is not None and nxt.kind == protocol.RESULT:
                     row.calls.append(ToolCall(s.kind, s.content, nxt.content.strip(), OK, 0.0))
@@ -203,7 +206,7 @@ class RolloutEngine:
         if len(row.ids) >= self.max_response_tokens:
             row.finish = F_MAX_TOKENS
             return
-        call = protocol.last_call(prefix)
+        call = g.last_call(prefix)
         if call is not None:  # the prefix ends with a call: run it before sampling
             self._queue_call(row, call.kind, call.content)
 
@@ -239,7 +242,7 @@ class RolloutEngine:
         body = truncate_text(call.result.strip(), self.max_result_chars)[0]
         call.result = body
         row.calls.append(call)
-        row.add(self._encode(protocol.format_result(body)), 0, None, "result")
+        row.add(self._encode(self.grammar.format_result(body)), 0, None, "result")
         if len(row.ids) >= self.max_response_tokens and row.finish is None:
             row.finish = F_MAX_TOKENS
 
@@ -256,15 +259,15 @@ class RolloutEngine:
             row.finish = F_MAX_TOKENS
         elif stop == protocol.ANSWER_STOP_STRING:
             row.finish = F_ANSWER
-        elif stop in protocol.CALL_STOP_STRINGS:
+        elif stop in self.grammar.call_kind:
             self._parse_call(row, ids, stop)
         else:
             row.finish = F_STOP
 
     def _parse_call(self, row: _Row, turn_ids: list[int], stop: str) -> None:
-        kind = _CALL_KIND[stop]
+        kind = self.grammar.call_kind[stop]
         text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
-        call = protocol.last_call(text)
+        call = self.grammar.last_call(text)
         if call is not None and call.kind == kind:
             self._queue_call(row, kind, call.content)
             return
@@ -309,6 +312,9 @@ class RolloutEngine:
         if prefixes is not None and len(prefixes) != len(examples):
             raise ValueError(f"rollout: {len(prefixes)} prefixes for {len(examples)} examples")
         as_model = self.treat_prefix_as_model if treat_prefix_as_model is None else treat_prefix_as_model
+        missing = tuple(s for s in self.grammar.stop_strings if s not in params.stop)
+        if missing:  # a tool beyond the default stop strings: the sampler must stop after its call too
+            params = params.replace(stop=tuple(params.stop) + missing)
         self._cur_budget = self._budget(extra_calls)
         t_start = time.perf_counter()
         stats = {"gen_s": 0.0, "tool_s": 0.0, "generate_calls": 0, "tool_batches": 0, "tool_calls": 0}
@@ -450,9 +456,9 @@ class RolloutEngine:
                 trajs.append(Trajectory(
                     id=f"{group_id}#{k}", example_id=ex.id, group_id=group_id, response_text=text,
                     prompt_ids=list(row.prompt_ids), response_ids=list(row.ids), response_mask=list(row.mask),
-                    logprobs=list(row.logprobs), tool_calls=list(row.calls), answer=answer, correct=correct,
+                    logprobs=list(row.logprobs), tool_calls=list(row.calls), answer=answer, score=correct,
                     finish_reason=row.finish or F_ERROR,
-                    format_errors=[e.code for e in protocol.validate(text)],
+                    format_errors=[e.code for e in self.grammar.validate(text)],
                     timing={"gen_s": row.gen_s, "tool_s": row.tool_s, "total_s": max(0.0, t_end - row.t0)},
                     meta=meta,
                 ))
@@ -461,7 +467,6 @@ class RolloutEngine:
             out.extend(trajs)
         return out
 
-    @staticmethod
-    def _label(trajs: list[Trajectory], ex: Example, policy: grading.GradingPolicy) -> None:
+    def _label(self, trajs: list[Trajectory], ex: Example, policy: grading.GradingPolicy) -> None:
         for t in trajs:
-            t.behaviour = dict(label_behaviour(t, ex, trajs, policy=policy))
+            t.behaviour = dict(label_behaviour(t, ex, trajs, policy=policy, grammar=self.grammar))

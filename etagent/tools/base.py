@@ -1,5 +1,11 @@
 """Tool contract: ``ToolResult``, the ``Tool`` protocol and ``ToolSet`` (dispatch by kind).
 
+Each tool class owns its grammar as a ``spec`` class attribute (:class:`etagent.protocol.ToolSpec`:
+tag, system-prompt clause, canonical query, hints); a ``ToolSet`` derives its
+:class:`etagent.protocol.Grammar` (tags, stop strings, system prompt) from its tools' specs, and
+:func:`build_toolset` builds every ``_target_`` node of the ``tools`` config, so a new tool is its
+class plus its YAML node.
+
 A rollout turn may end with several tool calls across a batch of trajectories; ``ToolSet.execute``
 groups them by kind, hands each kind its whole batch (each tool runs its batch concurrently
 inside), runs the kinds concurrently with each other, and returns results in call order.
@@ -14,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+from etagent.protocol import Grammar, ToolSpec, generic_spec
 from etagent.records import ERROR, OK, TIMEOUT
 
 TOOL_STATUSES = (OK, ERROR, TIMEOUT)
@@ -37,7 +44,8 @@ class ToolResult:
 
 @runtime_checkable
 class Tool(Protocol):
-    name: str  # "python" | "search"
+    spec: ToolSpec  # class attribute: the tag the model writes and the rest of the tool's grammar
+    name: str  # == spec.name
 
     def run_batch(self, queries: list[str]) -> list[ToolResult]: ...  # concurrent inside, order kept
 
@@ -51,8 +59,34 @@ def truncate_text(text: str, max_chars: int) -> tuple[str, bool]:
     return f"{text[:max_chars]}...[truncated {len(text) - max_chars} chars]", True
 
 
+def default_tool_specs() -> tuple[ToolSpec, ...]:
+    """Specs of the default tool set (``conf/tools/default.yaml``), in its order: the grammar of
+    :func:`etagent.protocol.default_grammar` (what ``protocol.parse`` & co. use)."""
+    from etagent.tools.python_sandbox import PythonSandbox
+    from etagent.tools.search.base import SearchTool
+
+    return (PythonSandbox.spec, SearchTool.spec)
+
+
+def spec_of(kind: str, tool: Any) -> ToolSpec:
+    """The grammar of ``tool`` registered as ``kind``: its ``spec`` (whose name must be ``kind``);
+    for an object without one (a test double), the default tool's spec of that name, else a
+    generic one."""
+    spec = getattr(tool, "spec", None)
+    if isinstance(spec, ToolSpec):
+        if spec.name != kind:
+            raise ValueError(f"tools.{kind}: {type(tool).__name__} writes <{spec.name}> calls; "
+                             f"name its node tools.{spec.name}")
+        return spec
+    return next((s for s in default_tool_specs() if s.name == kind), None) or generic_spec(kind)
+
+
 class ToolSet:
-    """The tools an agent may call, keyed by the tag name the model writes (``python``, ``search``)."""
+    """The tools an agent may call, keyed by the tag name the model writes (``python``, ``search``).
+
+    ``grammar`` is the tag grammar of exactly these tools (in this order): the rollout engine
+    stops, parses and dispatches with it.
+    """
 
     def __init__(self, tools: Mapping[str, Tool]):
         for kind, tool in tools.items():
@@ -60,6 +94,7 @@ class ToolSet:
                 raise TypeError(f"tool {kind!r} ({type(tool).__name__}) has no run_batch(queries)")
         self.tools: dict[str, Tool] = dict(tools)
         self.kinds: tuple[str, ...] = tuple(self.tools)
+        self.grammar: Grammar = Grammar([spec_of(k, t) for k, t in self.tools.items()])
         self._closed = False
 
     def execute(self, calls: list[tuple[str, str]]) -> list[ToolResult]:
@@ -111,28 +146,77 @@ class ToolSet:
         self.close()
 
 
-def build_toolset(cfg_tools: Any) -> ToolSet:
-    """Instantiate every ``_target_`` node of the ``tools`` config group into a ``ToolSet``.
-
-    Keys without a ``_target_`` (plain settings) are ignored; a ``null`` node disables that tool
-    (e.g. ``tools.search=null`` for a python-only agent).
-    """
-    from hydra.utils import instantiate
+def _tool_nodes(cfg_tools: Any) -> list[tuple[str, Any]]:
+    """``(key, node)`` of every tool node: a mapping with a ``_target_`` (plain settings and
+    ``null`` nodes are skipped), in config order."""
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(cfg_tools, Mapping) and not isinstance(cfg_tools, DictConfig):
         cfg_tools = OmegaConf.create(dict(cfg_tools))
+    return [(str(k), node) for k, node in cfg_tools.items()
+            if node is not None and isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _spec_of_target(kind: str, target: str) -> ToolSpec:
+    """The spec of a ``_target_`` without building it: a tool class, a classmethod of one, or a
+    factory function annotated to return one (``build_search_tool -> SearchTool``)."""
+    import inspect
+    import typing
+
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except Exception as exc:
+        raise ValueError(f"tools.{kind}._target_: cannot import {target!r}: {exc}") from exc
+    if inspect.ismethod(obj) and isinstance(obj.__self__, type):
+        obj = obj.__self__
+    if not isinstance(obj, type):
+        try:
+            obj = typing.get_type_hints(obj).get("return")
+        except Exception:  # noqa: BLE001 - unresolvable annotations: reported below
+            obj = None
+    spec = getattr(obj, "spec", None)
+    if not isinstance(spec, ToolSpec):
+        raise ValueError(f"tools.{kind}._target_={target!r}: not a tool class with a `spec` (etagent.protocol."
+                         "ToolSpec) nor a factory annotated to return one")
+    if spec.name != kind:
+        raise ValueError(f"tools.{kind}: {target} writes <{spec.name}> calls; name its node tools.{spec.name}")
+    return spec
+
+
+def tool_specs(cfg_tools: Any) -> list[ToolSpec]:
+    """The specs of the configured tools, read from their classes without building them."""
+    return [_spec_of_target(kind, str(node._target_)) for kind, node in _tool_nodes(cfg_tools)]
+
+
+def config_grammar(cfg_tools: Any) -> Grammar:
+    """The grammar (tags, stop strings, system prompt) of the configured tool set, unbuilt:
+    equal to ``build_toolset(cfg_tools).grammar``."""
+    return Grammar(tool_specs(cfg_tools))
+
+
+def build_toolset(cfg_tools: Any) -> ToolSet:
+    """Instantiate every ``_target_`` node of the ``tools`` config group into a ``ToolSet``.
+
+    Any node with a ``_target_`` is a tool (its key must be its tag, ``spec.name``); keys without
+    one (plain settings) are ignored; a ``null`` node disables that tool (e.g. ``tools.search=null``
+    for a python-only agent).
+    """
+    from hydra.utils import instantiate
+
+    nodes = _tool_nodes(cfg_tools)
+    for kind, node in nodes:  # fail on a misnamed or non-tool target before starting any worker
+        _spec_of_target(kind, str(node._target_))
     tools: dict[str, Tool] = {}
     try:
-        for kind, node in cfg_tools.items():
-            if node is None or not isinstance(node, DictConfig) or "_target_" not in node:
-                continue
+        for kind, node in nodes:
             try:
-                tools[str(kind)] = instantiate(node)
+                tools[kind] = instantiate(node)
             except Exception as exc:
                 raise ValueError(f"tools.{kind}: cannot build {node.get('_target_')}: {exc}") from exc
+        return ToolSet(tools)
     except BaseException:
         for tool in tools.values():
             tool.close()
         raise
-    return ToolSet(tools)

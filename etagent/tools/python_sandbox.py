@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from etagent.protocol import ToolSpec
 from etagent.records import ERROR, OK, TIMEOUT
 from etagent.tools.base import ToolResult
 
@@ -87,10 +88,23 @@ class SandboxLimits:
 # ----------------------------------------------------------------------------------------------
 
 
+def canonical_python_query(code: str) -> str:
+    """Python's canonical query: all whitespace removed ("6*7" and "6 * 7" are the same call)."""
+    return "".join(" ".join(str(code).split()).split())
+
+
 class PythonSandbox:
     """Pool of pre-forked Python workers; ``run_batch`` runs up to ``pool_size`` calls at once."""
 
-    name = "python"
+    spec = ToolSpec(
+        name="python",
+        prompt="to run Python code, write it inside <python> </python>",
+        normalise_query=canonical_python_query,
+        hints={"insufficient": "I should compute this with python.",
+               "aborted": "The code failed; I should fix it and run it again."},
+        domains=("math",),
+    )
+    name = spec.name
 
     def __init__(
         self,

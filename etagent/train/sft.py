@@ -24,7 +24,6 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,23 +33,13 @@ from tqdm.auto import tqdm
 
 from etagent.train.batching import Batch, collate, epoch_plan
 from etagent.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
+from etagent.train.optim import (LoraSettings, build_adamw, build_scheduler, check_bf16_flag, merge_lora,
+                                 resolve_bf16, wrap_lora)
 from etagent.train.sequences import TrainSequence, truncate
 from etagent.utils.io import read_json
 from etagent.utils.logs import bar_step
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class LoraSettings:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-
 
 @dataclass
 class SFTConfig:
@@ -81,16 +70,9 @@ class SFTConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.lora, LoraSettings):
-            lora = dict(self.lora or {})
-            unknown = set(lora) - {f.name for f in fields(LoraSettings)}
-            if unknown:
-                raise ValueError(f"unknown key(s) train.lora.{sorted(unknown)[0]} (allowed: {[f.name for f in fields(LoraSettings)]})")
-            self.lora = LoraSettings(**lora)
-        self.lora.target_modules = list(self.lora.target_modules)
+        self.lora = LoraSettings.coerce(self.lora, "train.lora")
         self.adam_betas = [float(b) for b in self.adam_betas]
-        if isinstance(self.bf16, str) and self.bf16.lower() not in ("auto", "true", "false"):
-            raise ValueError(f"train.bf16 must be auto|true|false, got {self.bf16!r}")
+        check_bf16_flag(self.bf16, "train.bf16")
         for key in ("batch_size", "grad_accum"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be >= 1, got {getattr(self, key)}")
@@ -152,43 +134,6 @@ def batch_nll_sum(model, batch: Batch, bf16: bool) -> torch.Tensor:
         sel = batch.loss_mask[:, 1:].bool()
         logits = head(hidden[:, :-1][sel])
     return F.cross_entropy(logits.float(), batch.input_ids[:, 1:][sel], reduction="sum")
-
-
-def resolve_bf16(flag: Any, device: torch.device) -> bool:
-    value = str(flag).lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0", "none"):
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Measured: bf16 autocast speeds CPU training only with AMX tiles (avx512_bf16 alone is not faster).
-    return device.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up from lr/warmup to lr, then cosine down to ``min_ratio * lr`` at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model, cfg: SFTConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # norms and biases are not decayed
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-
-
-def wrap_lora(model, lora: LoraSettings):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
 
 
 def prepare_sequences(sequences: Iterable[TrainSequence], max_len: int, vocab_size: int) -> tuple[list[TrainSequence], int]:
@@ -347,10 +292,8 @@ def train_sft(
         model.gradient_checkpointing_enable()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(lr_factor, warmup=warmup, total=total_steps, min_ratio=cfg.min_lr_ratio)
-    )
+    optimizer = build_adamw(params, cfg.lr, cfg.adam_betas, cfg.weight_decay, eps=cfg.adam_eps)
+    scheduler = build_scheduler(optimizer, "cosine", warmup, total_steps, cfg.min_lr_ratio)
 
     step, elapsed_before = 0, 0.0
     last = latest_checkpoint(ckpt_root) if resume else None
@@ -415,7 +358,7 @@ def train_sft(
         bar.close()
 
     if cfg.lora.enabled:
-        model = model.merge_and_unload()  # plain model out: later stages load it like any checkpoint
+        model = merge_lora(model)  # plain model out: later stages load it like any checkpoint
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()

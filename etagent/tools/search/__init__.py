@@ -8,6 +8,7 @@ Backends are imported lazily: bm25s, httpx and sentence-transformers load only w
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from etagent.tools.search.base import NO_RESULTS, Passage, SearchBackend, SearchError, SearchTool, format_passages
 from etagent.tools.search.persistent_cache import PersistentCache
@@ -67,7 +68,7 @@ def _need(key: str, value, backend: str) -> None:
 
 
 def build_search_tool(
-    backend: str = "bm25",
+    backend: Literal["bm25", "dense", "http", "cache"] = "bm25",
     top_k: int = 3,
     max_chars: int = 256,
     corpus_path: str | os.PathLike | None = None,
@@ -79,7 +80,7 @@ def build_search_tool(
     retries: int = 2,
     dense_model: str | None = None,
     device: str = "cpu",
-    style: str = "plain",
+    style: Literal["plain", "search_r1"] = "plain",
 ) -> SearchTool:
     """Build the ``search`` tool from config.
 

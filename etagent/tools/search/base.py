@@ -12,15 +12,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from etagent.protocol import ToolSpec
 from etagent.records import ERROR, OK
 from etagent.tools.base import ToolResult, truncate_text
 
 NO_RESULTS = "No results found."
+_PUNCT_RE = re.compile(r"[^\w\s]")
+
+
+def canonical_search_query(query: str) -> str:
+    """Search's canonical query: lower-cased, punctuation dropped, whitespace collapsed
+    ("Capital of France?" == "capital  of france")."""
+    q = " ".join(str(query).split())
+    return " ".join(_PUNCT_RE.sub(" ", q.lower()).split())
 
 
 class SearchError(Exception):
@@ -117,7 +127,16 @@ def load_corpus(path: str | os.PathLike) -> list[Passage]:
 class SearchTool:
     """The ``search`` tool: optional cache -> backend -> formatted, length-capped passages."""
 
-    name = "search"
+    spec = ToolSpec(
+        name="search",
+        prompt="to search for information, write a query inside <search> </search>",
+        normalise_query=canonical_search_query,
+        case_sensitive=False,
+        hints={"insufficient": "I need to search for this.",
+               "aborted": "The search failed; I should search again with a simpler query."},
+        domains=("qa",),
+    )
+    name = spec.name
 
     def __init__(self, backend: SearchBackend, top_k: int = 3, max_chars: int = 256, cache=None,
                  style: str = "search_r1"):
