@@ -136,8 +136,9 @@ class Trajectory:
     def format_ok(self) -> bool:
         return not self.format_errors
 
-    def parsed(self) -> protocol.ParsedResponse:
-        return protocol.parse(self.response_text)
+    def parsed(self, grammar: "protocol.Grammar | None" = None) -> protocol.ParsedResponse:
+        """The response parsed with ``grammar`` (the run's tool set's; default: python + search)."""
+        return (grammar or protocol.default_grammar()).parse(self.response_text)
 
     # serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

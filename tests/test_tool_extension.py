@@ -115,6 +115,12 @@ def test_a_configured_calculator_is_called_in_a_rollout(cfg_factory, tmp_path):
     assert t.finish_reason == "answer" and t.score == 1.0 and t.format_errors == []
     assert t.num_calls == 1 and t.behaviour["n_calls"] == 1 and t.behaviour["n_aborted"] == 0
     assert "<calculator> </calculator>" in tok.decode(t.prompt_ids, skip_special_tokens=False)
+    # the RL reward's tool count (f_tool) sees the call once it has the run's grammar (stage_rl wires it)
+    from etagent.rl.reward import N_CALLS, RewardFn
+
+    assert t.parsed().num_calls == 0 and t.parsed(ts.grammar).num_calls == 1
+    assert RewardFn().components([[t]])[0, 0, N_CALLS].item() == 0.0
+    assert RewardFn().use_grammar(ts.grammar).components([[t]])[0, 0, N_CALLS].item() == 1.0
 
 
 def test_inline_override_adds_a_tool_and_a_misnamed_node_fails_early(cfg_factory):

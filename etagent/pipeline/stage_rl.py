@@ -85,6 +85,7 @@ def run(ctx: RunContext) -> dict:
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
     schedule, rl, reward, make_trainer = rl_components(ctx.cfg)
+    reward.use_grammar(components.tool_grammar(ctx))  # f_tool counts every configured tool's calls
     # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
     policy = components.grading_policy(ctx, reward.qa_metric)
     with components.make_toolset(ctx) as toolset:

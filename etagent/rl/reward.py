@@ -256,6 +256,12 @@ class RewardFn:
             v = float(getattr(self, key))
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"reward.{key} must be a finite number >= 0, got {v!r}")
+        self._grammar = None  # the run's tool grammar (use_grammar); None = python + search
+
+    def use_grammar(self, grammar: Any) -> "RewardFn":
+        """Count tool calls (f_tool) with the configured tools' tags, not only the default ones."""
+        self._grammar = grammar
+        return self
 
     def sigmas(self, step: int, total_steps: int) -> tuple[float, float]:
         """(sigma_tool, sigma_len) at this step of the stage -- log them."""
@@ -283,7 +289,7 @@ class RewardFn:
             raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
         return reward_components(
             [[t.score for t in g] for g in groups],
-            [[t.parsed().num_calls for t in g] for g in groups],  # paired tags (official count)
+            [[t.parsed(self._grammar).num_calls for t in g] for g in groups],  # paired tags (official count)
             [[trajectory_length(t, self.length_source) for t in g] for g in groups],
             [[float(self.format_ok(t)) for t in g] for g in groups],
         )
