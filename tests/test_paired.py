@@ -60,6 +60,9 @@ def test_bootstrap_equals_a_naive_loop_and_is_deterministic():
     got = paired.bootstrap_interval(per_seed, n_boot=300, boot_seed=5)
     assert got == paired.bootstrap_interval(per_seed, n_boot=300, boot_seed=5)
     assert got != paired.bootstrap_interval(per_seed, n_boot=300, boot_seed=6)
+    cache: dict = {}  # kept resamples (one draw per seed, reused by every metric) change nothing
+    assert paired.bootstrap_interval(per_seed, n_boot=300, boot_seed=5, counts=cache) == got
+    assert len(cache) == 3 and paired.bootstrap_interval(per_seed, n_boot=300, boot_seed=5, counts=cache) == got
     means = np.zeros(300)
     for s, a, b in per_seed:  # the same draws, one resample at a time
         idx = paired._rng(5, s, None).integers(0, 12, size=(300, 12))
@@ -173,7 +176,7 @@ def test_goals_are_options_and_stated_in_the_markdown(sweep: Path, tmp_path: Pat
     assert "### `experiment=full` vs `experiment=plain`" in md
     assert "- Efficiency: +10.0 points, t [" in md and "t lower bound > 0 points: **yes**" in md
     assert "bootstrap lower bound > -2 points: **yes**" in md
-    assert "### What each ablation changes" in md and "- `experiment=same` (4 pairs): efficiency" in md
+    assert "minus each other group (an ablation: positive = the removed part helps)" in md and "- `experiment=same` (4 pairs): efficiency" in md
     assert "- `experiment=dup` (1 pair): efficiency +5.0 t -, not estimable" in md
     assert "| hard | 20 |" in md
     # a stricter goal (efficiency lower bound above 20 points) is missed

@@ -105,12 +105,14 @@ def _weighted_means(w: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_interval(per_seed: Sequence[tuple[Any, np.ndarray, np.ndarray]], n_boot: int = N_BOOT,
-                       boot_seed: int = BOOT_SEED, level: float = LEVEL, qtype: str | None = None) -> dict[str, Any]:
+                       boot_seed: int = BOOT_SEED, level: float = LEVEL, qtype: str | None = None,
+                       counts: dict[tuple, np.ndarray] | None = None) -> dict[str, Any]:
     """Question bootstrap of the across-seed mean difference ``mean_s(mean(a_s) - mean(b_s))``.
 
     ``per_seed``: (seed, a values, b values), both arrays over the same questions in the same
     order (NaN = undefined for that question). Returns boot_low, boot_high and boot_n (the
-    resamples in which every seed's difference is defined).
+    resamples in which every seed's difference is defined). ``counts`` keeps the resamples for
+    the next metric of the same seed and questions (they are the same draws anyway).
     """
     if not per_seed or n_boot < 1:
         return {"boot_low": None, "boot_high": None, "boot_n": 0}
@@ -118,7 +120,12 @@ def bootstrap_interval(per_seed: Sequence[tuple[Any, np.ndarray, np.ndarray]], n
     for seed, a, b in per_seed:
         if a.shape != b.shape:
             raise ValueError(f"bootstrap: seed {seed}: the groups' question arrays differ in length")
-        w = resample_counts(len(a), n_boot, _rng(boot_seed, seed, qtype))
+        key = (boot_seed, str(seed), qtype, len(a), n_boot)
+        w = counts.get(key) if counts is not None else None
+        if w is None:
+            w = resample_counts(len(a), n_boot, _rng(boot_seed, seed, qtype))
+            if counts is not None:
+                counts[key] = w
         diffs.append(_weighted_means(w, a) - _weighted_means(w, b))
     mean = np.mean(np.vstack(diffs), axis=0)
     ok = np.isfinite(mean)
@@ -231,8 +238,8 @@ def _seed_key(s: str) -> tuple[int, Any]:
 
 def paired_comparison(a_name: str, a_runs: Sequence[Any], b_name: str, b_runs: Sequence[Any],
                       units: Callable[[Any], Units | None], *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
-                      level: float = LEVEL,
-                      metrics: Sequence[tuple[str, str, int, float]] = PAIRED_METRICS) -> dict[str, Any]:
+                      level: float = LEVEL, metrics: Sequence[tuple[str, str, int, float]] = PAIRED_METRICS,
+                      counts: dict[tuple, np.ndarray] | None = None) -> dict[str, Any]:
     """Every paired number of ``a - b``: per metric overall and per question type.
 
     ``a_runs`` / ``b_runs`` carry ``.seed``, ``.job``, ``.group`` and ``.metrics`` (the run's
@@ -263,22 +270,24 @@ def paired_comparison(a_name: str, a_runs: Sequence[Any], b_name: str, b_runs: S
         if not diffs:
             continue
         stats = {"seeds": seeds, "diffs": diffs, **t_interval(diffs, level)}
-        if not have_units:
-            stats.update(boot_low=None, boot_high=None, boot_n=0, boot_note="no per-question trajectories")
-        elif len(seeds) != len(pairs) or not all(ua.consistent.get(key) and ub.consistent.get(key)
-                                                 for _, ua, ub, _ in per_seed_units):
-            stats.update(boot_low=None, boot_high=None, boot_n=0,
-                         boot_note="per-question values do not average to the run's value")
+        note = ("no per-question trajectories" if not have_units
+                else "the metric is missing in some paired runs" if len(seeds) != len(pairs)
+                else None if all(ua.consistent.get(key) and ub.consistent.get(key) for _, ua, ub, _ in per_seed_units)
+                else "per-question values do not average to the run's value")
+        if note is not None:
+            stats.update(boot_low=None, boot_high=None, boot_n=0, boot_note=note)
         else:
             stats.update(bootstrap_interval([(s, ua.take(ids, key), ub.take(ids, key))
-                                             for s, ua, ub, ids in per_seed_units], n_boot, boot_seed, level))
+                                             for s, ua, ub, ids in per_seed_units], n_boot, boot_seed, level,
+                                            counts=counts))
         out["metrics"][key] = stats
     if have_units:
-        out["by_type"] = _by_type(per_seed_units, metrics, n_boot, boot_seed, level)
+        out["by_type"] = _by_type(per_seed_units, metrics, n_boot, boot_seed, level, counts)
     return out
 
 
-def _by_type(per_seed_units, metrics, n_boot: int, boot_seed: int, level: float) -> dict[str, Any]:
+def _by_type(per_seed_units, metrics, n_boot: int, boot_seed: int, level: float,
+             counts: dict[tuple, np.ndarray] | None) -> dict[str, Any]:
     types = sorted({ua.types[q] for _, ua, _, ids in per_seed_units for q in ids})
     out: dict[str, Any] = {}
     for qtype in types:
@@ -299,7 +308,7 @@ def _by_type(per_seed_units, metrics, n_boot: int, boot_seed: int, level: float)
                 continue
             n_q = [len(a) for _, a, _ in arrays]
             rows[key] = {"seeds": seeds, "diffs": diffs, "questions": n_q, **t_interval(diffs, level),
-                         **bootstrap_interval(arrays, n_boot, boot_seed, level, qtype=qtype)}
+                         **bootstrap_interval(arrays, n_boot, boot_seed, level, qtype=qtype, counts=counts)}
         if rows:
             out[qtype] = rows
     return out
@@ -330,10 +339,10 @@ def paired_study(runs_by_group: Mapping[str, Sequence[Any]], reference: str | No
         plan += [(g, reference, "vs_reference") for g in runs_by_group if g != reference]
     if target is not None:
         plan += [(target, g, "vs_target") for g in runs_by_group if g not in (target, reference)]
-    comparisons = []
+    comparisons, counts = [], {}  # counts: each seed's resamples, drawn once for every comparison
     for a, b, kind in plan:
         c = paired_comparison(a, runs_by_group[a], b, runs_by_group[b], units, n_boot=n_boot,
-                              boot_seed=boot_seed, level=level)
+                              boot_seed=boot_seed, level=level, counts=counts)
         comparisons.append({"kind": kind, **c})
     seen, unpaired = set(), []
     for c in comparisons:
@@ -422,14 +431,14 @@ def markdown(study: Mapping[str, Any]) -> str:
                   "|---|---|---:|---:|---|---|---:|---|---|"]
         for c in comps:
             e, k = c["metrics"].get("efficiency"), c["metrics"].get("correctness")
-            lines.append(f"| `{c['a']}` - `{c['b']}` | {'vs reference' if c['kind'] == 'vs_reference' else 'ablation'} "
+            lines.append(f"| `{c['a']}` - `{c['b']}` | {'vs reference' if c['kind'] == 'vs_reference' else 'vs target'} "
                          f"| {c['n_pairs']} | {_f(e and e['mean'], 'efficiency')} | {_ci(e, 'efficiency', 't')} "
                          f"| {_ci(e, 'efficiency', 'boot')} | {_f(k and k['mean'], 'correctness')} "
                          f"| {_ci(k, 'correctness', 't')} | {_ci(k, 'correctness', 'boot')} |")
         lines.append("")
     ablations = [c for c in comps if c["kind"] == "vs_target"]
     if ablations:
-        lines += [f"### What each ablation changes (`{tgt}` minus the ablation: positive = the removed part helps)", ""]
+        lines += [f"### `{tgt}` minus each other group (an ablation: positive = the removed part helps)", ""]
         for c in ablations:
             e, k = c["metrics"].get("efficiency"), c["metrics"].get("correctness")
             lines.append(f"- `{c['b']}` ({c['n_pairs']} pair{'s' if c['n_pairs'] != 1 else ''}): efficiency {_f(e and e['mean'], 'efficiency')} "

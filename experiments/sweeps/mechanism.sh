@@ -13,7 +13,7 @@
 #   phase 1  seed_agent   preset=$PRESET 'stages=[world,seed,eval]' seed=s: its own world and seed agent
 #   phase 2  et_agent     from seed_agent [world,seed]: flywheel -> ASE -> RL
 #            plain_grpo   from seed_agent [world,seed]: RL from the seed agent (no flywheel, no ASE)
-#            rft_only     from seed_agent [world,seed] (only when no_flywheel is a group): RFT data -> ASE
+#            rft_only     from seed_agent [world,seed] (only when no_flywheel is a group): RFT data -> ASE, no eval
 #            any other group that phase 3 does not name: from seed_agent [world,seed]
 #   phase 3  et_agent_released, no_pareto, one_stage   from et_agent [world,seed,flywheel,ase]: RL only
 #            no_flywheel                               from rft_only [world,seed,flywheel,ase]: RL only
@@ -23,7 +23,8 @@
 # continues from its checkpoint, a changed config stops with the differing keys); a finished
 # one (summary.json) is skipped. JOBS jobs run at once, each with THREADS torch/OMP threads
 # (numbers do not depend on it: every budget is a step budget). EXTRA: overrides added to every
-# job (e.g. to shrink a test); COMPARE_ARGS: extra etagent-compare options.
+# job (e.g. to shrink a test); COMPARE_ARGS: extra etagent-compare options; DRY_RUN=1 prints each
+# phase's jobs and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PRESET=${PRESET:-mechanism}
@@ -37,6 +38,7 @@ OUT=$(realpath -m "${SWEEP_DIR:-multirun/mechanism}")
 RESULTS=${RESULTS:-experiments/results/mechanism_sweep}
 EXTRA=${EXTRA:-}
 COMPARE_ARGS=${COMPARE_ARGS:-}
+DRY_RUN=${DRY_RUN:-0}
 PY=${PY:-.venv/bin/python}
 
 die() { echo "[mechanism] error: $*" >&2; exit 2; }
@@ -54,12 +56,13 @@ has "$TARGET" "${groups[@]}" || die "TARGET=$TARGET is not in STUDY_GROUPS ($STU
 if [ ! -x "$PY" ]; then bash scripts/setup.sh; fi
 PRESET_OV=""
 [ "$PRESET" = none ] || PRESET_OV="preset=$PRESET"
-export PY OUT THREADS EXTRA PRESET_OV
+export PY OUT THREADS EXTRA PRESET_OV DRY_RUN
 
 # one job: <name> <seed> <overrides...>; its dir is $OUT/<name>/seed_<seed>
 one() {
   local name=$1 seed=$2 dir="$OUT/$1/seed_$2" resume=false t0=$SECONDS
   shift 2
+  if [ "$DRY_RUN" = 1 ]; then echo "[mechanism] plan $name seed=$seed $PRESET_OV $* $EXTRA"; return 0; fi
   if [ -f "$dir/summary.json" ]; then echo "[mechanism] finished earlier: $name seed=$seed"; return 0; fi
   if [ -f "$dir/config.yaml" ]; then resume="$dir"; fi
   mkdir -p "$dir"
@@ -83,7 +86,8 @@ for s in $SEEDS; do
 done | phase
 for s in $SEEDS; do
   base="init_from=$OUT/seed_agent/seed_$s init_stages=[world,seed]"
-  if has no_flywheel "${groups[@]}"; then echo "rft_only $s experiment=rft_only $base"; fi
+  # rft_only only feeds no_flywheel (whose eval scores its ASE policy too): no eval of its own
+  if has no_flywheel "${groups[@]}"; then echo "rft_only $s experiment=rft_only stages=[world,seed,flywheel,ase] $base"; fi
   for g in "${groups[@]}"; do
     if [ -z "${REUSE[$g]:-}" ]; then echo "$g $s experiment=$g $base"; fi
   done
@@ -94,6 +98,7 @@ for s in $SEEDS; do
     if [ -n "$from" ]; then echo "$g $s experiment=$g init_from=$OUT/$from/seed_$s init_stages=[world,seed,flywheel,ase]"; fi
   done
 done | phase
+[ "$DRY_RUN" = 1 ] && exit 0
 dirs=()
 for g in "${groups[@]}"; do dirs+=("$OUT/$g"); done
 # shellcheck disable=SC2086
