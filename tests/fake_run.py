@@ -222,3 +222,34 @@ def make_sweep(root: Path, groups: Mapping[str, Sequence[float]]) -> Path:
             ov = [f"experiment={g}", f"seed={i}"]
             make_run(ts / ",".join(ov), seed=i, levels=(0.3, 0.4, 0.5, final), overrides=ov, flywheel=False)
     return ts
+
+
+def make_question_run(run_dir: Path, *, seed: int, overrides: Sequence[str], questions: Sequence[tuple[str, str]],
+                      outcomes: Sequence[tuple[bool, int]], policy: str = "rl_stage_2") -> Path:
+    """A run whose final ``policy`` answered test question ``questions[i] = (id, type)`` with
+    ``outcomes[i] = (right, calls)``: world/test.jsonl, eval/<policy>/trajectories.jsonl and the
+    metrics compute_metrics gives for them (so per-question values average to the run's metrics)."""
+    from etagent.evaluation.metrics import compute_metrics
+    from etagent.records import Example, ToolCall, Trajectory, write_jsonl
+
+    run_dir = Path(run_dir)
+    exs = [Example(id=q, question=f"What is {i} + {i}?", answers=[str(2 * i)], domain="math", source="synthetic-math",
+                   split="test", meta={"type": qtype}) for i, (q, qtype) in enumerate(questions)]
+    write_jsonl(run_dir / "world" / "test.jsonl", exs)
+    trajs = []
+    for i, (ex, (right, n_calls)) in enumerate(zip(exs, outcomes)):
+        calls = [ToolCall("python", f"print({i}+{i})", str(2 * i), "ok")] * n_calls
+        answer = str(2 * i) if right else "-1"
+        text = "<think>add</think>\n" + "".join(f"<python>{c.query}</python>\n<result>{c.result}</result>\n"
+                                               for c in calls) + f"<answer>\\boxed{{{answer}}}</answer>"
+        trajs.append(Trajectory(id=f"eval:{ex.id}#0", example_id=ex.id, group_id=f"eval:{ex.id}", response_text=text,
+                                response_ids=[1] * (10 + 5 * n_calls), response_mask=[1] * (10 + 5 * n_calls),
+                                tool_calls=calls, answer=answer, score=float(right), finish_reason="answer",
+                                meta={"sample": 0}))
+    write_jsonl(run_dir / "eval" / policy / "trajectories.jsonl", trajs)
+    overall = compute_metrics(trajs, {e.id: e for e in exs})
+    atomic_write_json(run_dir / "eval" / policy / "metrics.json", {"policy": policy, "overall": overall, "by_domain": {}})
+    atomic_write_json(run_dir / "eval" / "summary.json", {"policies": [policy], "overall": {policy: overall}})
+    atomic_write_text(run_dir / "config.yaml", f"run_name: fake\nseed: {seed}\neval:\n  split: test\n")
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in [*overrides, f"seed={seed}"]))
+    return run_dir

@@ -141,6 +141,6 @@ def test_verdict_ties_inside_the_band_and_is_absent_without_target(sweep: Path, 
     p = compare_pair(a, b)
     assert p["correctness"]["result"] == "tie"            # 0.03 < 0.04
     assert p["erroneous_rate"]["result"] == "loss"        # lower is better, no std -> band 0
-    res = compare([sweep], tmp_path / "n", reference=None, target=None)
+    res = compare([sweep], tmp_path / "n", start_policy=None, target=None)
     assert res["verdict"] is None and all("reference" not in g for g in res["groups"])
     assert compare([sweep], tmp_path / "m", target="experiment=nope")["verdict"] is None

@@ -145,7 +145,7 @@ def test_rl_stage_hands_vllm_a_checkpoint_dir_and_reloads_it_after_updates(tmp_p
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake)
     model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=1)
-    cfg = compose(["backend=vllm"], run_dir=tmp_path)
+    cfg = compose(["backend=vllm", "schedule.start=seed"], run_dir=tmp_path)  # the run has a seed agent only
     ctx = RunContext(cfg, tmp_path, tracker=None)
     ctx.policies = lambda: {"seed": tmp_path / "seed"}
     monkeypatch.setattr(components, "load_split", lambda ctx, split: [])

@@ -94,9 +94,9 @@ def test_rl_stage_engine_grades_with_reward_qa_metric(tmp_path, monkeypatch):
     from etagent.pipeline import components, stage_rl
     from etagent.pipeline.context import RunContext
 
-    cfg = compose(["reward.qa_metric=em", "grading.qa_threshold=0.6"], run_dir=tmp_path)
+    cfg = compose(["reward.qa_metric=em", "grading.qa_threshold=0.6", "schedule.start=seed"], run_dir=tmp_path)
     ctx = RunContext(cfg, tmp_path, tracker=None)
-    ctx.policies = lambda: {"seed": tmp_path / "seed"}
+    ctx.policies = lambda: {"seed": tmp_path / "seed"}  # a seed agent only
     seen = {}
 
     def fake_curriculum(*args, make_engine, **kw):

@@ -70,9 +70,27 @@ def rl_components(cfg: Any) -> tuple[Any, Any, Any, Callable[..., Any]]:
     return schedule, rl, reward, functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
 
 
+def start_policy(ctx: RunContext, start: str) -> Path:
+    """The policy the curriculum starts from, as ``schedule.start`` names it (never a guess).
+
+    ``ase``: the ASE stage's policy (the method: flywheel data -> ASE -> RL). ``seed``: the seed
+    agent (``seed/final``; for a pretrained model, which the seed stage leaves as it is, the
+    model itself), e.g. ``experiment=plain_grpo``. A missing policy is an error naming the key.
+    """
+    from etagent.config.validate import ConfigError
+
+    pols = ctx.policies()
+    name = "base" if start == "seed" and not ctx.scratch_model and "seed" not in pols else start
+    if name not in pols:
+        raise ConfigError(f"schedule.start={start}: the run has no `{start}` policy yet ({ctx.run_dir / start / 'final'}; "
+                          f"finished: {', '.join(pols) or 'none'}): run the `{start}` stage first (or reuse it with "
+                          f"init_from/init_stages), or set schedule.start to a policy the run has")
+    return pols[name]
+
+
 def run(ctx: RunContext) -> dict:
     from etagent.config.validate import ConfigError
-    from etagent.rl.curriculum import run_curriculum
+    from etagent.rl.curriculum import rl_budget, run_curriculum
 
     kind = _backend_kind(ctx)
     if kind == "server":
@@ -81,10 +99,10 @@ def run(ctx: RunContext) -> dict:
     rdir = ctx.stage_dir("rl")
     train = components.load_split(ctx, "train")
     dev = components.load_split(ctx, "dev")
-    start = ctx.policies().get("ase") or ctx.latest_policy()
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
     schedule, rl, reward, make_trainer = rl_components(ctx.cfg)
+    start = start_policy(ctx, schedule.start)
     reward.use_grammar(components.tool_grammar(ctx))  # f_tool counts every configured tool's calls
     # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
     policy = components.grading_policy(ctx, reward.qa_metric)
@@ -108,7 +126,12 @@ def run(ctx: RunContext) -> dict:
             evaluate_fn if dev else None, make_engine=make_engine,
             load_fn=lambda p: components.load_policy(ctx, p), make_trainer=make_trainer,
         )
-    out = {"stages": len(schedule.stages)}
+    out: dict[str, Any] = {"stages": len(schedule.stages), "start": schedule.start}
+    try:  # the planned compute, equal across the study's groups (tests/test_study_configs.py)
+        budget = rl_budget(schedule, rl, len(train))
+        out.update(rollouts=budget["rollouts"], updates=budget["updates"])
+    except ValueError:  # stages in epochs: their length depends on the selections
+        pass
     if isinstance(result, dict):
         out.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
     if ctx.cfg.get("export") == "verl":

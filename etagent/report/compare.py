@@ -243,12 +243,56 @@ def reference_group(found: Sequence[tuple[Path, str]], policy: str) -> dict[str,
     return g
 
 
+def resolve_group(name: str, groups: Sequence[str]) -> str | None:
+    """A group named on the command line: its exact name, or the one group whose overrides hold
+    ``experiment=<name>`` (``et_agent`` -> ``experiment=et_agent,preset=mechanism``); None if none."""
+    if name in groups:
+        return name
+    token = name if "=" in name else f"experiment={name}"
+    hits = [g for g in groups if token in split_override_dirname(g)]
+    if len(hits) > 1:
+        raise ValueError(f"compare: {name!r} matches several groups: {', '.join(hits)}; name one exactly")
+    return hits[0] if hits else None
+
+
+def paired_section(runs: Sequence[SweepRun], reference: str | None, target: str | None,
+                   **options: Any) -> dict[str, Any] | None:
+    """The paired differences (:mod:`etagent.report.paired`) of the evaluated runs, or None without a reference."""
+    from etagent.report import paired
+
+    if reference is None:
+        return None
+    by_group: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        if r.metrics:
+            by_group.setdefault(r.group, []).append(r)
+    ref = resolve_group(reference, list(by_group))
+    if ref is None:
+        raise ValueError(f"compare: --reference {reference!r} is not a group here (groups: {', '.join(by_group)})")
+    tgt = resolve_group(target, list(by_group)) if target else None
+    cache: dict[Path, Any] = {}
+
+    def units(r: SweepRun) -> Any:
+        if r.path not in cache:
+            cache[r.path] = paired.load_units(r.path, str(r.policy), r.metrics)
+        return cache[r.path]
+
+    return paired.paired_study(by_group, ref, tgt, units, **options)
+
+
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final",
-            reference: str | None = "seed", target: str | None = "experiment=et_agent") -> dict[str, Any]:
+            start_policy: str | None = "seed", target: str | None = "experiment=et_agent",
+            reference: str | None = None, n_boot: int = 2000, boot_seed: int = 0,
+            goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0) -> dict[str, Any]:
     """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON.
 
-    ``reference`` adds the runs' starting policy (default the seed agent) as a first row;
-    ``target`` is the group judged against every other one (:mod:`etagent.report.verdict`).
+    ``start_policy`` adds the runs' starting policy (default the seed agent) as a first row;
+    ``target`` is the group judged against every other one (:mod:`etagent.report.verdict`);
+    ``reference`` (a group, e.g. ``plain_grpo``) adds the paired differences of every group
+    against it and of ``target`` against every other group (:mod:`etagent.report.paired`), with
+    ``n_boot`` question resamples (RNG ``boot_seed``) and the goals on the target's lower bounds
+    (``goal_eff_lb`` / ``goal_correct_lb``, in points). Group names may be short
+    (``et_agent`` = the group with ``experiment=et_agent``).
     """
     from etagent.report.verdict import verdict
 
@@ -257,9 +301,13 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
         raise FileNotFoundError(f"compare: no run directory under {', '.join(map(str, paths))}")
     runs = [load_sweep_run(p, job, policy) for p, job in found]
     groups = aggregate(runs)
+    if target:
+        target = resolve_group(target, [g["group"] for g in groups]) or target
     # comparing the starting policy itself: its row would repeat the groups
-    ref = reference_group(found, reference) if reference and reference != policy else None
+    ref = reference_group(found, start_policy) if start_policy and start_policy != policy else None
     judged = verdict(groups, target, ref) if target else None
+    paired_res = paired_section(runs, reference, target, n_boot=n_boot, boot_seed=boot_seed,
+                                goal_eff_lb=goal_eff_lb, goal_correct_lb=goal_correct_lb)
     if ref is not None:
         groups = [ref, *groups]
     if out_dir is None:
@@ -268,15 +316,20 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
     out = Path(out_dir)
     result = {
         "policy": policy,
-        "reference": reference,
+        "start_policy": start_policy,
         "groups": groups,
         "verdict": judged,
+        "paired": paired_res,
         "runs": [{"job": r.job, "path": str(r.path), "group": r.group, "seed": r.seed, "policy": r.policy,
                   "overrides": r.overrides, "metrics": r.metrics} for r in runs],
     }
     tidy = write_sweep_results([r.path for r in runs], out)
     result["tidy"] = {k: str(v) for k, v in tidy.items()}
     md = markdown(groups, runs)
+    if paired_res is not None:
+        from etagent.report.paired import markdown as paired_markdown
+
+        md += "\n" + paired_markdown(paired_res)
     if judged is not None:
         md += "\n## Verdict\n\n" + judged["paragraph"] + "\n"
     atomic_write_text(out / "compare.md", md)
@@ -309,14 +362,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", help="multirun directory or run directories")
     ap.add_argument("--out", default=None, help="output folder (default <sweep dir>/compare or ./compare)")
     ap.add_argument("--policy", default="final", help="policy to compare: final (default), seed, ase, rl_stage_1 ...")
-    ap.add_argument("--reference", default="seed",
+    ap.add_argument("--start-policy", default="seed",
                     help="starting policy shown as a first row and used by the goals (default seed; 'none' to omit)")
     ap.add_argument("--target", default="experiment=et_agent",
-                    help="group judged win/tie/loss against the others (default experiment=et_agent; 'none' to omit)")
+                    help="group judged win/tie/loss against the others and, with --reference, paired against "
+                         "every other group (default experiment=et_agent; a short name like et_agent works; 'none' to omit)")
+    ap.add_argument("--reference", default=None,
+                    help="group every other one is paired against by seed, e.g. plain_grpo (default: no paired section)")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="question resamples of the paired bootstrap (default 2000)")
+    ap.add_argument("--bootstrap-seed", type=int, default=0, help="RNG seed of the bootstrap (default 0)")
+    ap.add_argument("--goal-eff-lb", type=float, default=0.0,
+                    help="goal: the target-minus-reference efficiency interval's lower bound exceeds this, in points (default 0)")
+    ap.add_argument("--goal-correct-lb", type=float, default=-2.0,
+                    help="goal: the target-minus-reference correctness interval's lower bound exceeds this, in points (default -2)")
     args = ap.parse_args(argv)
     none = lambda v: None if v in (None, "", "none") else v  # noqa: E731
     try:
-        res = compare(args.paths, args.out, args.policy, none(args.reference), none(args.target))
+        res = compare(args.paths, args.out, args.policy, none(args.start_policy), none(args.target),
+                      none(args.reference), n_boot=args.bootstrap, boot_seed=args.bootstrap_seed,
+                      goal_eff_lb=args.goal_eff_lb, goal_correct_lb=args.goal_correct_lb)
     except (FileNotFoundError, ValueError) as exc:
         print(f"etagent-compare: {exc}", file=sys.stderr)
         return 2

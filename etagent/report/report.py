@@ -115,6 +115,10 @@ def config_rows(rd: RunData) -> list[tuple[str, str, str]]:
                 st = sched.get("stages") or []
                 steps = [s.get("steps") for s in st if isinstance(s, Mapping)]
                 d = f"{len(st)} RL stage(s), steps={_short(steps)}, eval_before={sched.get('eval_before')}"
+                if sched.get("merge_stages"):
+                    d += ", merged into one stage (merge_stages)"
+                if sched.get("start") not in (None, "ase"):
+                    d += f", RL from `{sched.get('start')}`"
                 if stages and "rl" not in stages:
                     d = "(stage not run) " + d
                 rows.append(("schedule", ch.get("schedule", "-"), d))

@@ -45,6 +45,7 @@ from etagent.rl.grpo import GRPOConfig
 from etagent.utils.io import atomic_write_json, read_json
 
 ON_EMPTY = ("sampled", "skip")
+START = ("ase", "seed")
 
 
 @dataclass
@@ -84,10 +85,14 @@ class Schedule:
     sample_batch: int = 64  # questions per rollout call while sampling
     save_samples: bool = True  # keep stage_<k>/samples.jsonl (the sampled trajectories)
     seed: int = 0
+    start: Literal["ase", "seed"] = "ase"  # the policy RL starts from (etagent.pipeline.stage_rl.start_policy)
+    merge_stages: bool = False  # train `stages` as ONE stage at the same budget (merge_stages())
 
     def __post_init__(self) -> None:
         if self.on_empty not in ON_EMPTY:
             raise ValueError(f"schedule.on_empty must be one of {ON_EMPTY}, got {self.on_empty!r}")
+        if self.start not in START:
+            raise ValueError(f"schedule.start must be one of {START}, got {self.start!r}")
         if not self.stages:
             raise ValueError("schedule.stages is empty")
         specs = []
@@ -103,7 +108,72 @@ class Schedule:
                 raise ValueError(f"schedule.stages[{i}]: unknown key(s) {sorted(unknown)} "
                                  f"(allowed: {sorted(StageSpec.__dataclass_fields__)})")
             specs.append(StageSpec(**s))
-        self.stages = specs
+        self.stages = self._merged(specs)
+
+    def _merged(self, specs: list[StageSpec]) -> list[StageSpec]:
+        return [merge_stages(specs)] if self.merge_stages else specs
+
+
+def merge_stages(specs: Sequence[StageSpec]) -> StageSpec:
+    """The stages as ONE stage at the same budget (the one-stage ablation, ``schedule.merge_stages``).
+
+    One re-sampling and one selection instead of one per stage: ``steps``, ``sample_questions``
+    and ``select`` add up (a stage without ``sample_questions`` re-samples every question, so
+    the merged stage does too); ``k``, the sigmas and ``epochs`` must be the same in every
+    stage, since one stage cannot keep several. Derived from whatever stage list was composed,
+    so the ablation follows a preset's schedule by construction.
+    """
+    specs = list(specs)
+    if len(specs) == 1:
+        return specs[0]
+
+    def same(key: str) -> Any:
+        vals = [getattr(s, key) for s in specs]
+        if any(v != vals[0] for v in vals):
+            raise ValueError(f"schedule.merge_stages: the stages differ in `{key}` ({vals}); one stage cannot "
+                             f"keep them all: make them equal or leave merge_stages false")
+        return vals[0]
+
+    steps = [s.steps for s in specs]
+    if all(v is not None for v in steps):
+        total_steps, epochs = sum(steps), None
+    elif all(v is None for v in steps) and all(s.epochs is not None for s in specs):
+        # equal passes over the merged selection ~ the sum of each stage's passes over its own
+        total_steps, epochs = None, same("epochs")
+    else:
+        raise ValueError(f"schedule.merge_stages: every stage needs `steps` (or every stage the same `epochs`), "
+                         f"got steps={steps}, epochs={[s.epochs for s in specs]}")
+    select = [s.select for s in specs]
+    if any(v is None for v in select):
+        raise ValueError(f"schedule.merge_stages: every stage needs `select` (the sampler's own count would "
+                         f"select one stage's worth), got {select}")
+    pool = [s.sample_questions for s in specs]
+    return StageSpec(steps=total_steps, epochs=epochs, k=same("k"), select=sum(select),
+                     sample_questions=None if any(v is None for v in pool) else sum(pool),
+                     sigma_tool=same("sigma_tool"), sigma_len=same("sigma_len"))
+
+
+def rl_budget(schedule: Schedule, rl: GRPOConfig, n_train: int) -> dict[str, int]:
+    """The RL compute a schedule plans: rollouts (re-sampling for selection + training) and optimizer updates.
+
+    A stage re-samples ``k`` rollouts for each of ``min(sample_questions, n_train)`` questions,
+    then trains ``steps`` GRPO steps of ``prompts_per_step x group_size`` rollouts and
+    ``ppo_epochs x mini_batches`` updates each. Two configurations with equal budgets spend the
+    same RL compute whatever their sampler keeps. Stages given in ``epochs`` depend on the
+    selection's size, known only at run time: a ValueError.
+    """
+    out = {"stages": len(schedule.stages), "steps": 0, "sample_rollouts": 0, "train_rollouts": 0, "updates": 0}
+    for i, s in enumerate(schedule.stages):
+        if s.steps is None:
+            raise ValueError(f"schedule.stages[{i}] has no `steps`: its length depends on the selection "
+                             "(epochs), so its budget is known only at run time")
+        pool = n_train if s.sample_questions is None else min(int(s.sample_questions), n_train)
+        out["steps"] += int(s.steps)
+        out["sample_rollouts"] += pool * s.k
+        out["train_rollouts"] += int(s.steps) * rl.prompts_per_step * rl.group_size
+        out["updates"] += int(s.steps) * rl.ppo_epochs * rl.mini_batches
+    out["rollouts"] = out["sample_rollouts"] + out["train_rollouts"]
+    return out
 
 
 def _plain(x: Any) -> Any:
