@@ -16,7 +16,7 @@ from etagent.backends.base import Completion, GenerationBackend, SamplingParams,
 from etagent.behaviour import normalise_query
 from etagent.flywheel.textops import edit_dedup_key
 from etagent.models.tokenizer import build_tokenizer
-from etagent.records import OK, Example, ToolCall, Trajectory
+from etagent.records import BUDGET, INVALID, OK, Example, ToolCall, Trajectory
 from etagent.rollout.engine import RolloutEngine
 from etagent.runenv import RunEnv
 from etagent.tools import ToolSpec, build_toolset, config_grammar
@@ -155,6 +155,42 @@ def test_counted_by_the_reward(env):
     assert RewardFn(grammar=GRAMMAR).components([[t]])[0, 0, N_CALLS].item() == 0.0  # another run's grammar
     c = score_components(CALC_TEXT, MATH, grader=env.grader, grammar=env.grammar, model_tokens=5)
     assert c["n_calls"] == 1 and c["format_ok"] and c["correctness"] == 1.0
+
+
+def test_counted_by_the_pareto_statistics(env, tmp_path):
+    """The sampler sees executed calls: a calculator call that ran counts, a budget-refused or
+    invalid one does not (released pareto/data_process.py)."""
+    from etagent.rl.curriculum import Schedule, StageSpec, sample_and_select
+    from etagent.rl.grpo import GRPOConfig
+
+    seen = {}
+
+    class Sampler:
+        name = "spy"
+
+        def select(self, tool_counts, correctness, domains, grader):
+            seen.update(tool_counts=tool_counts, grader=grader)
+            return [0]
+
+    refused = CALC_TEXT.replace("<answer>", "<calculator>1+1</calculator><answer>")
+    rows = {0: (CALC_TEXT, [ToolCall("calculator", "6 * 7", "42", OK)]),
+            1: (refused, [ToolCall("calculator", "6 * 7", "42", OK), ToolCall("calculator", "1+1", "", BUDGET)]),
+            2: ("<think>t</think></calculator><result>\nError\n</result><answer>\\boxed{42}</answer>",
+                [ToolCall("calculator", "", "Error: no opener", INVALID)])}
+
+    class Engine:
+        grader = env.grader
+
+        def rollout(self, examples, n, params, group_prefix=""):
+            return [Trajectory(id=f"{group_prefix}{e.id}#{k}", example_id=e.id, group_id=f"{group_prefix}{e.id}",
+                               response_text=rows[k][0], tool_calls=rows[k][1], score=1.0)
+                    for e in examples for k in range(n)]
+
+    sel = sample_and_select(Engine(), [MATH], StageSpec(k=3), Sampler(), GRPOConfig(), Schedule(), 1)
+    assert seen["tool_counts"] == [[1, 1, 0]] and seen["grader"] is env.grader
+    assert sel["sample_tool_calls_mean"] == pytest.approx(2 / 3)
+    assert [Trajectory(id="x", example_id="m", group_id="m", response_text=text, tool_calls=calls).n_calls(env.grammar)
+            for text, calls in rows.values()] == [1, 2, 0]  # the official count differs: it counts tags
 
 
 def test_counted_by_the_metrics_and_labels(env):

@@ -277,13 +277,15 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
     """Per RL stage (``stage_1`` ...), the sampler's view of each sampled question.
 
     ``{"ids", "var_calls", "var_correct", "front", "selected", "fallback"}``: the two
-    objectives of the Pareto selection (population variance over the K rollouts of tool
-    calls and of correctness, as :mod:`etagent.rl.curriculum` computes them from
+    objectives of the Pareto selection (population variance over the K rollouts of executed
+    tool calls, ``Trajectory.n_executed``, and of correctness, as :mod:`etagent.rl.curriculum`
+    computes them from
     ``stage_k/samples.jsonl``), the NSGA-II front of each point (0 = non-dominated) and
     whether ``selection.json`` lists it. Stages without saved samples are left out.
     """
     import numpy as np
 
+    from etagent.records import EXECUTED_STATUSES
     from etagent.rl.pareto import front_ranks, group_variances
 
     out: dict[str, dict[str, Any]] = {}
@@ -297,7 +299,7 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
         groups: dict[str, tuple[list[float], list[float]]] = {}
         for t in read_jsonl_dicts(f):
             calls, corr = groups.setdefault(str(t["example_id"]), ([], []))
-            calls.append(float(len(t.get("tool_calls") or [])))
+            calls.append(float(sum(c.get("status") in EXECUTED_STATUSES for c in t.get("tool_calls") or [])))
             corr.append(float(t.get("score", t.get("correct", 0.0))))  # "correct": before the rename
         if not groups:
             continue

@@ -123,8 +123,9 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
                       sched: Schedule, stage: int, samples_path: Path | None = None) -> dict[str, Any]:
     """Roll out ``spec.k`` per pool question, run the sampler, return ids and stats.
 
-    The sampler's statistics are per rollout: its recorded tool calls and its correctness; success
-    is decided with the engine's grader (the run's, at the sampler's threshold).
+    The sampler's statistics are per rollout: its executed tool calls (``Trajectory.n_executed``:
+    budget-refused and invalid calls did not run; released ``pareto/data_process.py``) and its
+    correctness; success is decided with the engine's grader (the run's, at the sampler's threshold).
     """
     from etagent.backends.base import SamplingParams
 
@@ -140,7 +141,7 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
     for t in trajs:
         by_group.setdefault(t.group_id, []).append(t)
     groups = [by_group.get(f"sample{stage}/{ex.id}", []) for ex in pool]
-    tool_counts = [[len(t.tool_calls) for t in g] for g in groups]
+    tool_counts = [[t.n_executed for t in g] for g in groups]
     correctness = [[float(t.score) for t in g] for g in groups]
     domains = [ex.domain for ex in pool]
     sel = copy.copy(sampler)

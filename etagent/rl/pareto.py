@@ -1,7 +1,8 @@
 """Group-wise Pareto selection of RL training questions (method-spec section 5).
 
 For each question we have the K rollouts of the current policy. Two objectives, both
-maximised: the population variance of the rollouts' tool-call counts and the population
+maximised: the population variance of the rollouts' tool-call counts (calls that ran:
+``Trajectory.n_executed``, as the released code counts executed calls) and the population
 variance of their correctness. Questions are taken front by front of the non-dominated
 sort (NSGA-II); the front that does not fit in ``count`` is cut by crowding distance,
 largest first; finally questions whose rollouts all succeed or all fail are dropped
@@ -201,7 +202,7 @@ def pareto_select(
 ) -> list[int]:
     """Select up to ``count`` informative questions, ranked (see module docstring).
 
-    ``tool_counts[i]`` / ``correctness[i]``: per-rollout tool-call counts and correctness
+    ``tool_counts[i]`` / ``correctness[i]``: per-rollout executed tool calls and correctness
     (math 0/1, QA F1) of question ``i``; ``domains[i]``: its answer domain; ``grader``: the
     run's, at the sampler's threshold (needed when ``filter_mixed``).
     """

@@ -1,6 +1,6 @@
 """Question selectors for an RL stage (config group ``sampling=pareto|random|all``).
 
-Every selector takes, per question, the K rollouts' tool-call counts and correctness
+Every selector takes, per question, the K rollouts' executed tool-call counts and correctness
 (plus the domain and the run's grader) and returns the indices of the questions to train on,
 ranked:
 
