@@ -338,3 +338,24 @@ def test_bf16_autocast_and_gradient_checkpointing_train(tokenizer, sequences, tm
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss_tokens"] > 0 for r in rows)
     assert next(model.parameters()).dtype == torch.float32  # autocast: fp32 master weights
     assert not model.training
+
+
+def test_the_recipe_pieces_are_what_train_sft_runs(tokenizer, sequences, tmp_path):
+    """setup -> step ... -> evaluate -> save, driven by hand, gives train_sft's model and summary;
+    a finished run's setup loads it instead of training again."""
+    from etagent.train.sft import SFTRecipe
+
+    ref = train_sft(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "a")
+    recipe = SFTRecipe(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "b")
+    assert recipe.setup() and recipe.step_no == 0 and recipe.total_steps == 5
+    losses = []
+    while not recipe.done:
+        losses.append(recipe.step()["loss"])
+    assert len(losses) == 5 and recipe.evaluate()["steps"] == 5 and recipe.evaluate()["stopped"] == "completed"
+    model = recipe.save()
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
+    a, b = (json.loads((tmp_path / d / "final" / "sft_summary.json").read_text()) for d in ("a", "b"))
+    assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    again = SFTRecipe(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "b")
+    assert again.setup() is False and all(torch.equal(x, y) for x, y in zip(again.model.state_dict().values(),
+                                                                           model.state_dict().values()))
