@@ -1,11 +1,12 @@
 """Label the four ineffective tool behaviours of a trajectory (paper section 2).
 
-``label_behaviour(traj, example, group, policy)`` returns counts and flags:
+``label_behaviour(traj, example, group, grader=, grammar=)`` returns counts and flags:
 ``n_calls, n_redundant, n_aborted, n_budget, redundant, aborted, budget_refused,
 insufficient, erroneous, method`` plus diagnostics ``n_useful``, ``redundant_calls``,
-``aborted_calls`` and ``budget_calls`` (call indices). ``n_calls`` counts paired tags in the
-text (the official rule; a stray closer is no call). A trajectory is "wrong" when the grading
-policy's ``is_success(domain, traj.score)`` is false (default: math < 1; QA F1 < 0.75).
+``aborted_calls`` and ``budget_calls`` (call indices). ``n_calls`` is
+``Trajectory.n_calls(grammar)``: paired tags in the text (the official rule; a stray closer is no
+call). A trajectory is "wrong" when the run's grader says ``is_success(domain, traj.score)`` is
+false (math < 1; QA F1 below ``grading.qa_threshold``).
 
 Calls are taken in order. A call is **aborted** when it ran and failed (tool error, timeout,
 invalid call); a call refused by the tool budget is counted apart (``n_budget``: the model
@@ -13,8 +14,7 @@ asked for too many calls, nothing failed to execute). Neither is ever counted re
 A **duplicate** is an ok call with the same kind and canonical query (the tool's own
 ``ToolSpec.normalise_query``: python: all whitespace removed; search: lower-cased,
 punctuation dropped, whitespace collapsed; a tool without its own: whitespace collapsed) as
-an earlier ok call. Calls are recognised with the rollout's grammar (``grammar``; default:
-the default python/search grammar).
+an earlier ok call. Calls are recognised with the run's grammar (``grammar``, the rollout's).
 
 Exact method (synthetic tasks: ``example.plan`` is a list of ``PlanStep``; each step's
 ``expect`` is the value it must surface). A plan step is satisfied once its ``expect``
@@ -65,9 +65,9 @@ _NUM_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 # --------------------------------------------------------------------------- helpers
 
 
-def normalise_query(kind: str, query: str, grammar: protocol.Grammar | None = None) -> str:
+def normalise_query(kind: str, query: str, grammar: protocol.Grammar) -> str:
     """The canonical query key of a ``kind`` call: the tool's own ``ToolSpec.normalise_query``."""
-    return (grammar or protocol.default_grammar()).canonical_query(kind, query)
+    return grammar.canonical_query(kind, query)
 
 
 def _as_number(s: str) -> float | None:
@@ -124,14 +124,8 @@ def _later_texts(traj: Trajectory, grammar: protocol.Grammar) -> list[str]:
     return out
 
 
-def _is_wrong(traj: Trajectory, example: Example, policy: grading.GradingPolicy | None = None) -> bool:
-    return not (policy or grading.GradingPolicy()).is_success(example.domain, float(traj.score))
-
-
-def call_count(traj: Trajectory, grammar: protocol.Grammar | None = None) -> int:
-    """Tool calls of a trajectory by the official rule: paired tool tags in its text (a stray
-    closer or an unclosed opener is not a call)."""
-    return (grammar or protocol.default_grammar()).parse(traj.response_text).num_calls
+def _is_wrong(traj: Trajectory, example: Example, grader: grading.Grader) -> bool:
+    return not grader.is_success(example.domain, float(traj.score))
 
 
 # --------------------------------------------------------------------------- labelling
@@ -191,14 +185,12 @@ def _label_calls_heuristic(traj: Trajectory, question: str, refused: list[int],
     return redundant, aborted, useful
 
 
-def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None,
-                    policy: grading.GradingPolicy | None = None, grammar: protocol.Grammar | None = None
-                    ) -> dict[str, Any]:
+def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] | None = None, *,
+                    grader: grading.Grader, grammar: protocol.Grammar) -> dict[str, Any]:
     """Behaviour counts and flags of one trajectory (see module docstring)."""
-    grammar = grammar or protocol.default_grammar()
     if traj.example_id and traj.example_id != example.id:
         raise ValueError(f"label_behaviour: trajectory {traj.id!r} is for {traj.example_id!r}, not {example.id!r}")
-    wrong = _is_wrong(traj, example, policy)
+    wrong = _is_wrong(traj, example, grader)
     refused: list[int] = []
     insufficient: bool | None
     erroneous: bool | None
@@ -214,13 +206,13 @@ def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] 
         elif not siblings:
             insufficient = erroneous = None  # one sample, no plan: nothing to compare with (n/a)
         else:
-            ok_calls = traj.num_calls - len(aborted) - len(refused)
-            solved = [t.num_calls - t.num_failed_calls for t in siblings if not _is_wrong(t, example, policy)]
+            ok_calls = traj.n_ok
+            solved = [t.n_ok for t in siblings if not _is_wrong(t, example, grader)]
             insufficient = bool(solved) and ok_calls < min(solved)
             erroneous = not insufficient
         method = HEURISTIC
     return {
-        "n_calls": call_count(traj, grammar),
+        "n_calls": traj.n_calls(grammar),
         "n_redundant": len(redundant),
         "n_aborted": len(aborted),
         "n_budget": len(refused),
@@ -237,11 +229,11 @@ def label_behaviour(traj: Trajectory, example: Example, group: list[Trajectory] 
     }
 
 
-def label_group(group: list[Trajectory], example: Example, policy: grading.GradingPolicy | None = None,
-                grammar: protocol.Grammar | None = None) -> list[dict[str, Any]]:
+def label_group(group: list[Trajectory], example: Example, *, grader: grading.Grader,
+                grammar: protocol.Grammar) -> list[dict[str, Any]]:
     """Label every trajectory of a group (siblings inform the heuristic) and store it."""
     out = []
     for t in group:
-        t.behaviour = label_behaviour(t, example, group, policy, grammar)
+        t.behaviour = label_behaviour(t, example, group, grader=grader, grammar=grammar)
         out.append(t.behaviour)
     return out

@@ -34,17 +34,15 @@ import signal
 import string
 import threading
 import time
+import types
 from contextlib import contextmanager
 from functools import lru_cache
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from etagent import protocol
-from etagent.records import MATH, QA, Example
+from etagent.records import Example
 
 MATH_METRIC, F1, EM = "math", "f1", "em"
-#: The paper counts a QA rollout as a success when its F1 reaches this (Pareto filter).
-QA_SUCCESS_THRESHOLD = 0.75
 #: math-verify per-call limit (seconds) when running in the main thread.
 MATH_TIMEOUT_S = 5
 #: Longer predictions are only compared as strings: sympy can hang on huge expressions
@@ -58,7 +56,7 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 # --------------------------------------------------------------------------- extraction
 
 
-def extract_answer(text: str | None, require_boxed: bool = True) -> str | None:
+def extract_answer(text: str | None, grammar: protocol.Grammar, require_boxed: bool = True) -> str | None:
     """The final answer of a response.
 
     The last ``\\boxed{}`` of the last ``<answer>`` block; else the last ``\\boxed{}`` in
@@ -68,7 +66,7 @@ def extract_answer(text: str | None, require_boxed: bool = True) -> str | None:
     """
     if not text:
         return None
-    parsed = protocol.parse(text)
+    parsed = grammar.parse(text)
     answers = parsed.answer_segments()
     if answers:
         boxed = protocol.extract_boxed(answers[-1].content)
@@ -84,13 +82,14 @@ def extract_answer(text: str | None, require_boxed: bool = True) -> str | None:
     return None
 
 
-def block_answer(text: str | None) -> str | None:
+def block_answer(text: str | None, grammar: protocol.Grammar) -> str | None:
     """The answer that earns correctness credit: the last ``\\boxed{}`` of the last *closed*
     ``<answer>`` block, else None (as the official reward: no answer block, no credit; a
-    ``\\boxed{}`` in ``<think>`` or plain text earns nothing)."""
+    ``\\boxed{}`` in ``<think>`` or plain text earns nothing). ``grammar``: the run's (an
+    ``<answer>`` inside a tool call is the call's content, not an answer)."""
     if not text:
         return None
-    answers = [s for s in protocol.parse(text).answer_segments() if s.closed]
+    answers = [s for s in grammar.parse(text).answer_segments() if s.closed]
     return protocol.extract_boxed(answers[-1].content) if answers else None
 
 
@@ -265,23 +264,68 @@ def math_score(pred: str, golds: Sequence[str]) -> float:
 
 # --------------------------------------------------------------------------- domains
 
-#: Metric name -> ``fn(answer, golds) -> score in [0, 1]`` (never called with answer None).
-METRIC_FNS: dict[str, Callable[[str, Sequence[str]], float]] = {MATH_METRIC: math_score, F1: qa_f1, EM: qa_em}
+#: The built-in metrics: name -> ``fn(answer, golds) -> score in [0, 1]`` (never called with
+#: answer None). A domain rule may bring more (``DomainRule.metric_fns``).
+METRIC_FNS: Mapping[str, Callable[[str, Sequence[str]], float]] = types.MappingProxyType(
+    {MATH_METRIC: math_score, F1: qa_f1, EM: qa_em})
 METRICS: tuple[str, ...] = tuple(METRIC_FNS)
 
 
-@dataclass(frozen=True)
-class DomainRule:
-    """How one answer domain is graded and what counts as a success.
+def _resolve_fn(name: str, fn: Any, where: str) -> Callable[[str, Sequence[str]], float]:
+    if isinstance(fn, str):  # a dotted path from config ("mypkg.grading.exact_code")
+        from hydra.utils import get_method
 
-    ``metrics``: the metrics that may grade it, the first being the default. ``binary``:
-    scores are 0/1, so success is 1 and failure 0 whatever the threshold (math); otherwise a
-    score succeeds when >= the grader's threshold and fails below it (QA F1/EM).
+        try:
+            fn = get_method(fn)
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the key
+            raise ValueError(f"{where}.metric_fns.{name}: cannot import {fn!r}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"{where}.metric_fns.{name}: not a function: {fn!r}")
+    return fn
+
+
+class DomainRule:
+    """How one answer domain is graded and what counts as a success: a node of the task's
+    ``domains`` config (``conf/task/domains/builtin.yaml``: ``math``, ``qa``), so a new domain is
+    its metric function (the grading rule) plus one config node.
+
+    ``metrics``: the metrics that may grade it, the first being the domain's own (an example's
+    ``meta['metric']`` or the grader's ``qa_metric`` may pick another of them). ``metric_fns``:
+    metrics this domain brings beyond the built-in ones (:data:`METRIC_FNS`), name -> function or
+    its dotted path. ``binary``: scores are 0/1, so success is 1 and failure 0 whatever the
+    threshold (math); otherwise a score succeeds when >= the grader's threshold and fails below it
+    (QA F1/EM). A plain class, not a dataclass: Hydra would turn a dataclass argument into a config.
     """
 
-    name: str
-    metrics: tuple[str, ...]
-    binary: bool = False
+    __slots__ = ("name", "metrics", "binary", "fns")
+
+    def __init__(self, name: str, metrics: Sequence[str], binary: bool,
+                 metric_fns: Mapping[str, Any] | None = None) -> None:
+        where = f"domain {name!r}"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"grading: a domain needs a non-empty name, got {name!r}")
+        extra = {str(k): _resolve_fn(str(k), v, where) for k, v in dict(metric_fns or {}).items()}
+        self.name, self.metrics, self.binary = name, tuple(str(m) for m in metrics), bool(binary)
+        self.fns: dict[str, Callable[[str, Sequence[str]], float]] = {**METRIC_FNS, **extra}
+        missing = [m for m in self.metrics if m not in self.fns]
+        if not self.metrics or missing:
+            raise ValueError(f"grading: {where} needs known metrics (built-in: {list(METRIC_FNS)}, or its "
+                             f"metric_fns), missing {missing or 'all'}")
+
+    def __repr__(self) -> str:
+        return f"DomainRule({self.name!r}, metrics={self.metrics}, binary={self.binary})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DomainRule) and (self.name, self.metrics, self.binary, self.fns) == (
+            other.name, other.metrics, other.binary, other.fns)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.metrics, self.binary))
+
+    @property
+    def metric(self) -> str:
+        """The domain's own metric (the first of ``metrics``)."""
+        return self.metrics[0]
 
     def success(self, score: float, threshold: float) -> bool:
         return score >= 1.0 if self.binary else score >= threshold
@@ -290,89 +334,65 @@ class DomainRule:
         return score == 0.0 if self.binary else score < threshold
 
 
-#: The answer domains (``Example.domain``); a new domain is one :func:`register_domain` call.
-DOMAIN_RULES: dict[str, DomainRule] = {}
-DEFAULT_METRIC: dict[str, str] = {}
 #: Scores without a domain (pooled trajectories): the threshold rule, exact for 0/1 math scores too.
-_UNTYPED = DomainRule("<any>", (), binary=False)
+_UNTYPED = DomainRule("<any>", (MATH_METRIC,), binary=False)
 
 
-def register_domain(rule: DomainRule, metric_fns: dict[str, Callable[[str, Sequence[str]], float]] | None = None) -> None:
-    """Add an answer domain (and the metrics it needs) to every grader."""
-    METRIC_FNS.update(metric_fns or {})
-    missing = [m for m in rule.metrics if m not in METRIC_FNS]
-    if not rule.metrics or missing:
-        raise ValueError(f"grading: domain {rule.name!r} needs registered metrics, missing {missing or 'all'}")
-    DOMAIN_RULES[rule.name] = rule
-    DEFAULT_METRIC[rule.name] = rule.metrics[0]
+def domain_rules(domains: Any, where: str = "task.domains") -> dict[str, DomainRule]:
+    """``{name: DomainRule}`` from a built ``domains`` config (a mapping name -> rule); each rule's
+    name must be its key."""
+    if not isinstance(domains, Mapping) or not domains:
+        raise ValueError(f"{where}: expected a non-empty mapping of domain name -> DomainRule, got {domains!r}")
+    out: dict[str, DomainRule] = {}
+    for key, rule in domains.items():
+        if not isinstance(rule, DomainRule):
+            raise ValueError(f"{where}.{key}: expected a DomainRule node (_target_: etagent.grading.DomainRule), "
+                             f"got {type(rule).__name__}")
+        if rule.name != key:
+            raise ValueError(f"{where}.{key}: the rule is named {rule.name!r}; name it after its key")
+        out[str(key)] = rule
+    return out
 
 
-register_domain(DomainRule(MATH, (MATH_METRIC,), binary=True))
-register_domain(DomainRule(QA, (F1, EM)))
+def check_domain(domain: Any, domains: Mapping[str, Any], where: str) -> str:
+    """``domain`` if it is one of ``domains`` (the task's), else a ValueError naming ``where``."""
+    if domain not in domains:
+        raise ValueError(f"{where}: domain must be one of {sorted(domains)} (the task's `domains`), got {domain!r}")
+    return str(domain)
 
 
-def domain_rule(domain: str | None) -> DomainRule:
-    """The rule of ``domain`` (None: the threshold rule); an unknown domain raises."""
-    if domain is None:
-        return _UNTYPED
-    try:
-        return DOMAIN_RULES[domain]
-    except KeyError:
-        raise ValueError(f"grading: unknown domain {domain!r}; expected one of {sorted(DOMAIN_RULES)}") from None
-
-
-def is_qa_success(f1: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
-    return domain_rule(QA).success(f1, threshold)
-
-
-def is_success(domain: str | None, score: float, threshold: float = QA_SUCCESS_THRESHOLD) -> bool:
-    """A binary success for a graded score (the domain's rule; math needs 1, QA needs F1 >= threshold)."""
-    return domain_rule(domain).success(float(score), threshold)
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def resolve_metric(example: Example, metric: str | None = None) -> str:
-    """``metric`` if given, else the example's task metric (``meta['metric']``), else the
-    domain default (math -> math-verify, qa -> f1)."""
-    m = metric or example.meta.get("metric") or DEFAULT_METRIC[example.domain]
-    if m not in METRIC_FNS:
-        raise ValueError(f"unknown grading metric {m!r} for example {example.id!r}; expected one of {tuple(METRIC_FNS)}")
-    return m
-
-
-def grade(example: Example, answer: str | None, metric: str | None = None) -> float:
-    """Correctness of an extracted answer: math 0/1, QA F1 (or EM) in [0, 1]."""
-    m = resolve_metric(example, metric)
-    if answer is None:
-        return 0.0
-    return METRIC_FNS[m](answer, example.answers)
+def grade(example: Example, answer: str | None, metric: str) -> float:
+    """Correctness of an extracted answer under a built-in ``metric`` (math 0/1, QA F1 or EM).
+    Which metric grades an example is the :class:`Grader`'s decision; this is the bare function."""
+    if metric not in METRIC_FNS:
+        raise ValueError(f"unknown grading metric {metric!r} for example {example.id!r}; expected one of {METRICS}")
+    return 0.0 if answer is None else METRIC_FNS[metric](answer, example.answers)
 
 
 # --------------------------------------------------------------------------- policy
 
 
 class Grader:
-    """The one success policy: metric + threshold, with the domain rules (:data:`DOMAIN_RULES`)
-    behind it. Built once from config (``grading`` + the stage's ``qa_metric``) and handed
-    to rollout, reward, Pareto filter/sampler, flywheel, behaviour labels and metrics, so
-    they all agree on what "correct" means; a stage with its own threshold (the flywheel's
-    ``min_correct``, ``sampling.qa_threshold``) uses :meth:`with_threshold`.
+    """The one success policy of a run: the task's domain rules, a metric and a threshold. Built
+    once from config (:class:`etagent.runenv.RunEnv`: ``task.domains``, ``grading`` and the
+    stage's ``qa_metric``) and handed to rollout, reward, Pareto filter/sampler, flywheel,
+    behaviour labels and metrics, so they all agree on what "correct" means; a stage with its own
+    threshold (the flywheel's ``min_correct``, ``sampling.qa_threshold``) uses :meth:`with_threshold`.
 
-    ``qa_metric`` (f1 | em) grades QA examples; None keeps each example's task metric
-    (``meta['metric']``, else f1). Math always uses math-verify. ``qa_threshold``: a QA
-    score counts as a success when >= it (math needs 1). Calling the policy with
-    ``(example, answer)`` grades an extracted answer (the rollout engine's grader).
-    ``math_judge`` (``judge=llm`` in the eval stage) decides math equivalence instead of
-    math-verify.
+    ``domains``: name -> :class:`DomainRule` (an example of another domain is an error).
+    ``qa_metric`` (f1 | em) grades the domains whose rule lists it (QA); None keeps each example's
+    task metric (``meta['metric']``, else its domain's own). ``qa_threshold``: a non-binary score
+    counts as a success when >= it (math needs 1). Calling the policy with ``(example, answer)``
+    grades an extracted answer (the rollout engine's grader). ``math_judge`` (``judge=llm`` in the
+    eval stage) decides math equivalence instead of math-verify.
     A plain class, not a dataclass: Hydra would turn a dataclass argument into a config.
     """
 
-    __slots__ = ("qa_metric", "qa_threshold", "math_judge")
+    __slots__ = ("domains", "qa_metric", "qa_threshold", "math_judge")
 
-    def __init__(self, qa_metric: str | None = None, qa_threshold: float = QA_SUCCESS_THRESHOLD,
+    def __init__(self, domains: Mapping[str, DomainRule], qa_metric: str | None, qa_threshold: float,
                  math_judge: Any = None) -> None:
+        self.domains: dict[str, DomainRule] = domain_rules(domains, "grader domains")
         if qa_metric is not None and qa_metric not in (F1, EM):
             raise ValueError(f"grading: qa_metric must be {F1!r} or {EM!r}, got {qa_metric!r}")
         t = float(qa_threshold)
@@ -383,44 +403,62 @@ class Grader:
         self.math_judge = math_judge
 
     def __repr__(self) -> str:
-        return f"Grader(qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
+        return f"Grader(domains={list(self.domains)}, qa_metric={self.qa_metric!r}, qa_threshold={self.qa_threshold})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Grader) and (self.qa_metric, self.qa_threshold) == (
-            other.qa_metric, other.qa_threshold)
+        return isinstance(other, Grader) and (self.domains, self.qa_metric, self.qa_threshold) == (
+            other.domains, other.qa_metric, other.qa_threshold)
 
     def __hash__(self) -> int:
-        return hash((self.qa_metric, self.qa_threshold))
+        return hash((tuple(self.domains), self.qa_metric, self.qa_threshold))
+
+    def rule(self, domain: str | None) -> DomainRule:
+        """The rule of ``domain`` (None: the threshold rule); a domain the task lacks raises."""
+        if domain is None:
+            return _UNTYPED
+        try:
+            return self.domains[domain]
+        except KeyError:
+            raise ValueError(f"grading: unknown domain {domain!r}; the task's domains are {sorted(self.domains)}") from None
 
     def metric(self, example: Example) -> str:
-        # the configured metric grades the domains it applies to (f1/em: QA); others keep their own
-        own = self.qa_metric in domain_rule(example.domain).metrics
-        return resolve_metric(example, self.qa_metric if own else None)
+        """The metric grading ``example``: ``qa_metric`` for the domains it applies to (f1/em: QA),
+        else the example's task metric (``meta['metric']``), else its domain's own."""
+        rule = self.rule(example.domain)
+        m = self.qa_metric if self.qa_metric in rule.metrics else (example.meta.get("metric") or rule.metric)
+        if m not in rule.fns:
+            raise ValueError(f"unknown grading metric {m!r} for example {example.id!r} (domain {example.domain!r}); "
+                             f"expected one of {tuple(rule.fns)}")
+        return m
 
     def grade(self, example: Example, answer: str | None) -> float:
         metric = self.metric(example)
         if self.math_judge is not None and metric == MATH_METRIC:
             return float(self.math_judge.grade(example, answer, metric))
-        return grade(example, answer, metric)
+        return 0.0 if answer is None else float(self.rule(example.domain).fns[metric](answer, example.answers))
 
     def with_judge(self, judge: Any) -> "Grader":
         """The same policy with math equivalence decided by ``judge``."""
-        return Grader(self.qa_metric, self.qa_threshold, judge)
+        return Grader(self.domains, self.qa_metric, self.qa_threshold, judge)
 
     def with_threshold(self, qa_threshold: float) -> "Grader":
         """The same policy with another success threshold (e.g. the flywheel's ``min_correct``)."""
-        return Grader(self.qa_metric, qa_threshold, self.math_judge)
+        return Grader(self.domains, self.qa_metric, qa_threshold, self.math_judge)
+
+    def with_metric(self, qa_metric: str | None) -> "Grader":
+        """The same policy grading QA with ``qa_metric`` (a stage's own: ``reward.qa_metric``, ``eval.qa_metric``)."""
+        return Grader(self.domains, qa_metric, self.qa_threshold, self.math_judge)
 
     __call__ = grade
 
-    def grade_text(self, example: Example, text: str | None) -> tuple[str | None, float]:
+    def grade_text(self, example: Example, text: str | None, grammar: protocol.Grammar) -> tuple[str | None, float]:
         """(credited answer, correctness) of a whole response: answer-block-only credit."""
-        answer = block_answer(text)
+        answer = block_answer(text, grammar)
         return answer, self.grade(example, answer)
 
     def is_success(self, domain: str | None, score: float) -> bool:
         """Whether ``score`` is a success in ``domain`` (None: a score without domain, threshold rule)."""
-        return is_success(domain, float(score), self.qa_threshold)
+        return self.rule(domain).success(float(score), self.qa_threshold)
 
     def succeeded(self, traj: Any, example: Example) -> bool:
         """The success flag of a graded trajectory (its ``score`` under this policy)."""
@@ -428,18 +466,9 @@ class Grader:
 
     def is_failure(self, domain: str | None, score: float) -> bool:
         """Whether ``score`` is a definite failure (math: 0; QA: below the threshold)."""
-        return domain_rule(domain).failure(float(score), self.qa_threshold)
+        return self.rule(domain).failure(float(score), self.qa_threshold)
 
     def mixed(self, scores: Iterable[float], domain: str | None) -> bool:
         """Whether a group of scores both succeeds and fails (the Pareto filter's informative question)."""
         vals = [float(v) for v in scores]
         return any(self.is_success(domain, v) for v in vals) and any(self.is_failure(domain, v) for v in vals)
-
-
-#: The former name, kept for callers and configs that still use it.
-GradingPolicy = Grader
-
-
-def policy_of(grader: Any) -> Grader:
-    """``grader`` if it is a :class:`Grader`, else the default policy (thresholds)."""
-    return grader if isinstance(grader, Grader) else Grader()

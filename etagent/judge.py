@@ -208,9 +208,10 @@ class LLMJudge:
     def equivalent(self, question: str, pred: str | None, gold: str | Sequence[str]) -> bool:
         return self.equivalent_many([(question, pred, gold)])[0].decision
 
-    def grade(self, example: Example, answer: str | None, metric: str | None = None) -> float:
-        """:func:`etagent.grading.grade` with math judged by the LLM (QA unchanged)."""
-        if grading.resolve_metric(example, metric) != grading.MATH_METRIC or example.domain != MATH:
+    def grade(self, example: Example, answer: str | None, metric: str) -> float:
+        """:func:`etagent.grading.grade` with math judged by the LLM (other metrics unchanged);
+        ``metric``: the one the run's Grader chose for ``example``."""
+        if metric != grading.MATH_METRIC or example.domain != MATH:
             return grading.grade(example, answer, metric)
         return float(self.equivalent(example.question, answer, example.answers))
 

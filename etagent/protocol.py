@@ -3,23 +3,24 @@
 A response (what follows the prompt) is a sequence of
 
 * free text and ``<think>..</think>`` blocks (the model's reasoning),
-* tool calls ``<T>..</T>`` (one tag per configured tool: ``<python>``, ``<search>`` by
-  default), each followed by an environment-injected ``<result>\\n..\\n</result>`` block,
+* tool calls ``<T>..</T>`` (one tag per configured tool: ``<python>``, ``<search>`` in the
+  default config), each followed by an environment-injected ``<result>\\n..\\n</result>`` block,
 * exactly one final ``<answer>..\\boxed{X}..</answer>``, after which only whitespace
   may follow.
 
 The tool tags are not constants here: each tool class owns a :class:`ToolSpec` (its tag,
 the system-prompt clause describing it, its query normaliser, its hints) and a
-:class:`Grammar` is built from the configured tools' specs; it derives the tags, the stop
-strings, the tokenizer's atomic tag tokens and the system prompt. The module-level
-functions and constants (``parse``, ``validate``, ``STOP_STRINGS``, ``SYSTEM_PROMPT``, ...)
-are the *default* grammar's, built from the default tool set (``conf/tools/default.yaml``:
-python, search) and resolved lazily from the tool classes (:func:`default_grammar`).
+:class:`Grammar` is built from the configured tools' specs (``ToolSet.grammar``,
+``etagent.tools.config_grammar``; a run has one, :class:`etagent.runenv.RunEnv`); it derives
+the tags, the stop strings, the tokenizer's atomic tag tokens and the system prompt. There is
+no default grammar: whatever parses, stops on, counts or writes tags is handed the run's
+grammar. The module-level functions here are the tool-independent ones (tag strings,
+``\\boxed{}`` extraction, answer and call formatting, format rule sets).
 
 Everything else in etagent (sampler stop strings, tool dispatch, loss masks, reward
-format penalty, behaviour analysis, verl export) asks this module (or a ``Grammar``)
-instead of repeating tag strings. Parsing never raises: malformed model output is reported
-as a list of :class:`FormatError` so callers can count and penalise it.
+format penalty, behaviour analysis, verl export and agent loop) asks a ``Grammar`` instead of
+repeating tag strings. Parsing never raises: malformed model output is reported as a list of
+:class:`FormatError` so callers can count and penalise it.
 
 Departure from the official code: the official SFT trains on tool-result tokens; we
 mask ``<result>`` blocks (tags included, since the environment writes them) in every
@@ -28,7 +29,6 @@ stage, and the model-token length excludes them (cf. OpenRLHF PR 1252).
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -149,25 +149,21 @@ class FormatError:
 @dataclass
 class ParsedResponse:
     segments: list[Segment]
-    errors: list[FormatError] = field(default_factory=list)
-    #: the tool tags of the grammar that parsed it (None: the default grammar's)
-    tool_tags: tuple[str, ...] | None = None
+    errors: list[FormatError]
+    #: the tool tags of the grammar that parsed it
+    tool_tags: tuple[str, ...]
 
     @property
     def valid(self) -> bool:
         return not self.errors
 
-    def _tool_tags(self) -> tuple[str, ...]:
-        return self.tool_tags if self.tool_tags is not None else default_grammar().tool_tags
-
     def calls(self) -> list[Segment]:
         """Tool calls with both tags (the official ``count_valid_tags`` rule): an unclosed
         opener or a stray closer is not a call."""
-        tags = self._tool_tags()
-        return [s for s in self.segments if s.kind in tags and s.closed]
+        return [s for s in self.segments if s.kind in self.tool_tags and s.closed]
 
     def call_counts(self) -> dict[str, int]:
-        counts = {t: 0 for t in self._tool_tags()}
+        counts = {t: 0 for t in self.tool_tags}
         for s in self.calls():
             counts[s.kind] += 1
         return counts
@@ -215,8 +211,8 @@ class Encoder(Protocol):
 class Grammar:
     """The tag grammar of one tool set: tags, stop strings, tag tokens, system prompt, parser.
 
-    Built from the tools' :class:`ToolSpec` s in tool-set order (``ToolSet.grammar``;
-    :func:`default_grammar` for the default tools). Two grammars with the same tool names in
+    Built from the tools' :class:`ToolSpec` s in tool-set order (``ToolSet.grammar``,
+    ``etagent.tools.config_grammar``). Two grammars with the same tool names in
     the same order parse identically.
     """
 
@@ -372,7 +368,13 @@ class Grammar:
         return f"{open_tag(RESULT)}\n{self.escape_tool_output(body.strip())}\n{close_tag(RESULT)}"
 
     def format_tool_turn(self, kind: str, query: str, body: str) -> str:
-        """A call and its result exactly as a rollout produces them (see :func:`format_tool_turn`)."""
+        """A call and its result exactly as a rollout produces them: the sampler stops at the
+        call's closer and the environment appends :meth:`format_result` right after it.
+
+        The one text format of a tool turn: teacher data, flywheel edits, rollouts and the verl
+        agent loop all write it this way, so training text and inference-time sequences agree
+        token for token (``tests/test_format_parity.py``).
+        """
         return format_call(kind, query) + self.format_result(body)
 
     # ------------------------------------------------------------------ tokens
@@ -434,84 +436,7 @@ def _fill_gaps(text: str, segments: list[Segment]) -> list[Segment]:
     return merged
 
 
-# --------------------------------------------------------------------------- the default grammar
-
-
-@functools.cache
-def default_grammar() -> Grammar:
-    """The grammar of the default tool set (``conf/tools/default.yaml``), from the tool classes.
-
-    Imported lazily: the tools import this module (records, results), so resolving their specs
-    at import time would be circular.
-    """
-    from etagent.tools import default_tool_specs
-
-    return Grammar(default_tool_specs())
-
-
-#: default-grammar constants, resolved on first access (PEP 562)
-_DEFAULT_ATTRS: dict[str, Callable[[Grammar], Any]] = {
-    "DEFAULT_GRAMMAR": lambda g: g,
-    "TOOL_TAGS": lambda g: g.tool_tags,
-    "TAGS": lambda g: g.tags,
-    "CALL_STOP_STRINGS": lambda g: g.call_stop_strings,
-    "STOP_STRINGS": lambda g: g.stop_strings,
-    "TAG_TOKENS": lambda g: g.tag_tokens,
-    "SYSTEM_PROMPT": lambda g: g.system_prompt,
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DEFAULT_ATTRS:
-        return _DEFAULT_ATTRS[name](default_grammar())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def parse(text: str) -> ParsedResponse:
-    """:meth:`Grammar.parse` with the default grammar."""
-    return default_grammar().parse(text)
-
-
-def validate(text: str, rules: str = "strict") -> list[FormatError]:
-    """Every format error of ``text`` under ``rules`` (default grammar)."""
-    return default_grammar().validate(text, rules)
-
-
-def is_valid(text: str, rules: str = "strict") -> bool:
-    return default_grammar().is_valid(text, rules)
-
-
-def count_tool_calls(text: str) -> dict[str, int]:
-    return default_grammar().count_tool_calls(text)
-
-
-def last_call(text: str) -> Segment | None:
-    """The trailing closed tool call of a partial response (default grammar)."""
-    return default_grammar().last_call(text)
-
-
-def escape_tool_output(body: str) -> str:
-    """Neutralise protocol tags inside tool output so it cannot close or open blocks."""
-    return default_grammar().escape_tool_output(body)
-
-
-def format_result(body: str) -> str:
-    """The block the environment appends after a tool call."""
-    return default_grammar().format_result(body)
-
-
-def split_for_mask(text: str) -> list[tuple[str, int]]:
-    return default_grammar().split_for_mask(text)
-
-
-def encode_response(tokenizer: Encoder, text: str) -> tuple[list[int], list[int]]:
-    """Token ids and loss mask (1 model token, 0 injected result) for a response text."""
-    return default_grammar().encode_response(tokenizer, text)
-
-
-def parse_ids(ids: Sequence[int], tokenizer: Any) -> ParsedResponse:
-    """Parse a response given as token ids (decoded keeping tag tokens)."""
-    return default_grammar().parse_ids(ids, tokenizer)
+# --------------------------------------------------------------------------- tool-independent helpers
 
 
 def render(segments: Iterable[Segment]) -> str:
@@ -547,17 +472,6 @@ def format_answer(answer: str, prefix: str = "") -> str:
 
 def format_call(kind: str, query: str) -> str:
     return f"{open_tag(kind)}{query}{close_tag(kind)}"
-
-
-def format_tool_turn(kind: str, query: str, body: str) -> str:
-    """A call and its result exactly as a rollout produces them: the sampler stops at the
-    call's closer and the environment appends :func:`format_result` right after it.
-
-    The one text format of a tool turn: teacher data, flywheel edits, rollouts and the verl
-    export all write it this way, so training text and inference-time sequences agree token
-    for token (``tests/test_format_parity.py``).
-    """
-    return format_call(kind, query) + format_result(body)
 
 
 def model_token_length(mask: Sequence[int]) -> int:

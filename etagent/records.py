@@ -12,8 +12,9 @@ from typing import Any, Iterable, Iterator
 
 from etagent import protocol
 
+#: the built-in answer domains' names; a run's domains (and their grading rules) are its task's
+#: ``domains`` config (etagent.grading.DomainRule), so ``Example.domain`` is checked there
 MATH, QA = "math", "qa"
-DOMAINS = (MATH, QA)  # the built-in answer domains; etagent.grading.register_domain adds more
 
 
 @dataclass
@@ -35,27 +36,23 @@ class Example:
     id: str
     question: str
     answers: list[str]  # gold aliases; the first is canonical
-    domain: str  # math | qa
+    domain: str  # an answer domain of the task (built-in: math | qa)
     source: str  # benchmark or suite name
     split: str = "test"
     plan: list[PlanStep] | None = None  # None = unknown (real benchmarks)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from etagent.grading import DOMAIN_RULES  # the grader owns the domains (built-ins: DOMAINS)
-
-        if self.domain not in DOMAIN_RULES:
-            raise ValueError(f"Example {self.id!r}: domain must be one of {tuple(DOMAIN_RULES)}, got {self.domain!r}")
+        # which domains exist is the task's config (its domain rules): checked where examples are
+        # loaded and by the Grader; a record only needs a name
+        if not isinstance(self.domain, str) or not self.domain:
+            raise ValueError(f"Example {self.id!r}: domain must be a non-empty string, got {self.domain!r}")
         if self.plan is not None:
             self.plan = [p if isinstance(p, PlanStep) else PlanStep(**p) for p in self.plan]
 
     @property
     def answer(self) -> str:
         return self.answers[0] if self.answers else ""
-
-    @property
-    def plan_calls(self) -> int | None:
-        return None if self.plan is None else len(self.plan)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +69,11 @@ class Example:
         return cls.from_dict(json.loads(line))
 
 
-# tool-call statuses
+# tool-call statuses: a tool answered (ok, error, timeout), the call was malformed or named no
+# configured tool (invalid), or the call budget refused it (budget)
 OK, ERROR, TIMEOUT, INVALID, BUDGET = "ok", "error", "timeout", "invalid", "budget"
 CALL_STATUSES = (OK, ERROR, TIMEOUT, INVALID, BUDGET)
+EXECUTED_STATUSES = (OK, ERROR, TIMEOUT)
 
 
 @dataclass
@@ -119,14 +118,23 @@ class Trajectory:
     def __post_init__(self) -> None:
         self.tool_calls = [c if isinstance(c, ToolCall) else ToolCall(**c) for c in self.tool_calls]
 
-    # derived quantities -------------------------------------------------------
-    @property
-    def num_calls(self) -> int:
-        return len(self.tool_calls)
+    # Tool-call counts: one name per meaning, defined here and nowhere else.
+    # * n_calls(grammar): the official count (released ``count_valid_tags``): paired tool tags of the
+    #   run's grammar in the text, whatever happened to the call. The reward's k (f_tool), the
+    #   metrics' calls per trajectory, the behaviour labels' n_calls, logged call means.
+    # * n_executed: calls that actually ran (a tool answered: ok, error, timeout); calls refused by
+    #   the budget and invalid ones are not. The Pareto statistics (released data_process.py).
+    # * n_ok: calls that ran and succeeded (the behaviour labels' useful-call comparisons).
+    def n_calls(self, grammar: "protocol.Grammar") -> int:
+        return grammar.parse(self.response_text).num_calls
 
     @property
-    def num_failed_calls(self) -> int:
-        return sum(c.failed for c in self.tool_calls)
+    def n_executed(self) -> int:
+        return sum(c.status in EXECUTED_STATUSES for c in self.tool_calls)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(c.status == OK for c in self.tool_calls)
 
     @property
     def model_tokens(self) -> int:
@@ -136,9 +144,9 @@ class Trajectory:
     def format_ok(self) -> bool:
         return not self.format_errors
 
-    def parsed(self, grammar: "protocol.Grammar | None" = None) -> protocol.ParsedResponse:
-        """The response parsed with ``grammar`` (the run's tool set's; default: python + search)."""
-        return (grammar or protocol.default_grammar()).parse(self.response_text)
+    def parsed(self, grammar: "protocol.Grammar") -> protocol.ParsedResponse:
+        """The response parsed with ``grammar`` (the run's)."""
+        return grammar.parse(self.response_text)
 
     # serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,14 @@ export: null
 paths:
   run_dir: ${{hydra:runtime.output_dir}}
   shared_dir: ${{oc.env:ETAGENT_SHARED,${{hydra:runtime.cwd}}/../shared}}
+grading:
+  qa_metric: f1
+  qa_threshold: 0.75
+tools:
+  python:
+    _target_: etagent.tools.python_sandbox.PythonSandbox
+  search:
+    _target_: etagent.tools.search.build_search_tool
 model:
   _target_: etagent.models.factory.ModelSpec
   name: tiny
@@ -40,6 +48,9 @@ task:
   n_train: 300
   n_dev: 20
   n_test: 30
+  domains:
+    math: {{_target_: etagent.grading.DomainRule, name: math, metrics: [math], binary: true}}
+    qa: {{_target_: etagent.grading.DomainRule, name: qa, metrics: [f1, em], binary: false}}
 flywheel:
   _target_: etagent.flywheel.loop.FlywheelConfig
   strategies: [modify_redundancy, global_refine, self_correct, hint_injection]
@@ -67,6 +78,7 @@ eval:
   _target_: etagent.evaluation.EvalConfig
   split: test
   n_samples: 1
+  qa_metric: ${{grading.qa_metric}}
   compare: {compare}
 """
 
@@ -247,9 +259,11 @@ def make_question_run(run_dir: Path, *, seed: int, overrides: Sequence[str], que
                                 tool_calls=calls, answer=answer, score=float(right), finish_reason="answer",
                                 meta={"sample": 0}))
     write_jsonl(run_dir / "eval" / policy / "trajectories.jsonl", trajs)
-    overall = compute_metrics(trajs, {e.id: e for e in exs})
+    from run_env import ENV
+
+    overall = compute_metrics(trajs, {e.id: e for e in exs}, **ENV)
     atomic_write_json(run_dir / "eval" / policy / "metrics.json", {"policy": policy, "overall": overall, "by_domain": {}})
     atomic_write_json(run_dir / "eval" / "summary.json", {"policies": [policy], "overall": {policy: overall}})
-    atomic_write_text(run_dir / "config.yaml", f"run_name: fake\nseed: {seed}\neval:\n  split: test\n")
+    atomic_write_text(run_dir / "config.yaml", CONFIG_YAML.format(seed=seed, compare="[]"))
     atomic_write_text(run_dir / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in [*overrides, f"seed={seed}"]))
     return run_dir

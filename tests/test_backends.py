@@ -12,12 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from etagent import protocol
 from etagent.backends.base import Completion, SamplingParams, find_stop
 from etagent.backends.hf import HFBackend
 from etagent.models.factory import ModelSpec, build_scratch_model
 from etagent.models.prompting import build_prompt_ids
 from etagent.models.tokenizer import build_tokenizer
+from run_env import GRAMMAR
 
 TEXTS = [
     "What is 12*7? <think>compute it</think><python>print(12*7)</python><result>\n84\n</result>"
@@ -29,7 +29,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer(TEXTS, vocab_size=300)
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=TEXTS, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_hf_left_padding_kv_cache_logprobs_and_stops(tok, model):
     be = HFBackend(model, tok, batch_size=3)  # 2 prefixes x n=3 -> two chunks, mixed lengths
     prefixes = [build_prompt_ids(tok, "What is 3*4?"), build_prompt_ids(tok, "Who wrote the very long book about sand?")]
     assert len(prefixes[0]) != len(prefixes[1])
-    params = SamplingParams(n=3, temperature=0.8, max_new_tokens=40, seed=7)
+    params = SamplingParams(n=3, temperature=0.8, max_new_tokens=40, seed=7, stop=GRAMMAR.stop_strings)
     out = be.generate(prefixes, params)
     assert [len(o) for o in out] == [3, 3]
     for prefix, comps in zip(prefixes, out):
@@ -66,8 +66,8 @@ def test_hf_left_padding_kv_cache_logprobs_and_stops(tok, model):
                 assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4)
             text = tok.decode(c.ids, skip_special_tokens=False)
             if c.finish_reason == "stop":
-                assert c.stop in protocol.STOP_STRINGS and text.endswith(c.stop)
-                assert find_stop(tok.decode(c.ids[:-1], skip_special_tokens=False), protocol.STOP_STRINGS) is None
+                assert c.stop in GRAMMAR.stop_strings and text.endswith(c.stop)
+                assert find_stop(tok.decode(c.ids[:-1], skip_special_tokens=False), GRAMMAR.stop_strings) is None
             elif c.finish_reason == "length":
                 assert len(c.ids) == 40
             assert not set(c.ids) & set(be.eos_ids)
@@ -103,7 +103,7 @@ def test_hf_finished_rows_leave_the_batch(tok, model):
         prefix = build_prompt_ids(tok, "What is 3*4?")
         for seed in range(3, 30):  # a sample where >= 2 of 8 rows end early (the batch compacts at 1/4 dead)
             sizes.clear()
-            out = be.generate([prefix], SamplingParams(n=8, max_new_tokens=60, seed=seed))
+            out = be.generate([prefix], SamplingParams(n=8, max_new_tokens=60, seed=seed, stop=GRAMMAR.stop_strings))
             lengths = sorted(len(c.ids) for c in out[0])
             if sum(n < lengths[-1] - 1 for n in lengths) >= 2:
                 break
@@ -139,7 +139,7 @@ def test_sampling_params_and_completion_validation():
         Completion([1], [0.0], "done")
     with pytest.raises(ValueError, match="logprobs"):
         Completion([1, 2], [0.0], "stop")
-    assert find_stop("a</python>b</answer>", protocol.STOP_STRINGS) == (len("a</python>"), "</python>")
+    assert find_stop("a</python>b</answer>", GRAMMAR.stop_strings) == (len("a</python>"), "</python>")
 
 
 # ----------------------------------------------------------------------------- vllm (fake module)
@@ -200,11 +200,12 @@ def test_vllm_translation_with_fake_module(tok, model, monkeypatch):
     eos = tok.eos_token_id
     assert eos == 0  # the fake emits id 0 as eos
     # continuation states are ignored (vLLM has its own prefix caching): no state comes back
-    out = be.generate([[7, 8], [9]], SamplingParams(n=3, temperature=0.7, max_new_tokens=11, seed=4), states=["s", None])
+    out = be.generate([[7, 8], [9]], SamplingParams(n=3, temperature=0.7, max_new_tokens=11, seed=4, stop=GRAMMAR.stop_strings),
+                      states=["s", None])
     assert all(c.state is None for comps in out for c in comps)
     prompts, kw = fake.calls[0]
     assert prompts == [{"prompt_token_ids": [7, 8]}, {"prompt_token_ids": [9]}]
-    assert kw["stop"] == list(protocol.STOP_STRINGS) and kw["include_stop_str_in_output"] is True
+    assert kw["stop"] == list(GRAMMAR.stop_strings) and kw["include_stop_str_in_output"] is True
     assert kw["logprobs"] == 1 and kw["n"] == 3 and kw["max_tokens"] == 11 and kw["seed"] == 4
     assert kw["skip_special_tokens"] is False
     assert fake.engine_kwargs["model"] == "/ckpt" and fake.engine_kwargs["gpu_memory_utilization"] == 0.3
@@ -303,12 +304,13 @@ def test_openai_token_ids_concurrency_and_retries(tok, monkeypatch):
         be = OpenAIBackend(base_url=srv.url, api_key_env="ETAGENT_TEST_KEY", model="policy", tokenizer=tok,
                            max_concurrency=2, timeout_s=10, max_retries=3, backoff_s=0.01)
         prefixes = [[10 + i, 20 + i] for i in range(6)]
-        out = be.generate(prefixes, SamplingParams(n=2, max_new_tokens=9, seed=5, temperature=0.6), states=[None] * 6)
+        out = be.generate(prefixes, SamplingParams(n=2, max_new_tokens=9, seed=5, temperature=0.6, stop=GRAMMAR.stop_strings),
+                          states=[None] * 6)
     assert all(c.state is None for comps in out for c in comps)  # a server keeps its own prefix cache
     assert srv.max_in_flight <= 2 and be.stats["retries"] == 2
     body = srv.bodies[-1]
     assert body["prompt"] in [list(p) for p in prefixes] and body["n"] == 2 and body["max_tokens"] == 9
-    assert body["stop"] == list(protocol.STOP_STRINGS) and body["logprobs"] == 1 and body["include_stop_str_in_output"]
+    assert body["stop"] == list(GRAMMAR.stop_strings) and body["logprobs"] == 1 and body["include_stop_str_in_output"]
     assert sorted(b["seed"] for b in srv.bodies[-6:]) == [5 + i for i in range(6)]
     for p, comps in zip(prefixes, out):
         a, b = comps
@@ -321,7 +323,7 @@ def test_openai_text_fallback_retokenises_and_restores_trimmed_stop(tok):
 
     with _FakeServer(return_ids=False, trim_stop=True) as srv:
         be = OpenAIBackend(base_url=srv.url, api_key_env="", tokenizer=tok, prompt_format="text", max_retries=0)
-        out = be.generate([[5, 6, 7]], SamplingParams(n=2, max_new_tokens=4))
+        out = be.generate([[5, 6, 7]], SamplingParams(n=2, max_new_tokens=4, stop=GRAMMAR.stop_strings))
     assert srv.bodies[0]["prompt"] == tok.decode([5, 6, 7], skip_special_tokens=False)
     a, b = out[0]
     assert a.finish_reason == "stop" and tok.decode(a.ids, skip_special_tokens=False) == "x</python>"

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from etagent.data.benchmarks import BenchmarkTask, MultiTask, load_examples, normalize_answers
 from etagent.records import Example
+from run_env import DOMAINS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETAGENT_SHARED", REPO.parent / "shared"))
@@ -115,8 +116,8 @@ def test_duplicate_ids_and_bad_arguments(tmp_path):
         load_examples(f, source="dup", domain="math")
     with pytest.raises(ValueError, match="missing id key 'qid'"):
         load_examples(f, source="dup", domain="math", id_field="qid")
-    with pytest.raises(ValueError, match="domain must be one of"):
-        load_examples(f, source="dup", domain="code")
+    with pytest.raises(ValueError, match=r"task dup: domain must be one of \['math', 'qa'\].*got 'code'"):
+        BenchmarkTask(name="dup", domain="code", path=str(f), domains=DOMAINS)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_examples(tmp_path / "nope.jsonl", source="x", domain="qa")
     (tmp_path / "x.csv").write_text("question,answer\n")
@@ -165,18 +166,18 @@ def test_parquet_input(tmp_path):
 
 
 def test_benchmark_task_load_and_splits():
-    t = BenchmarkTask(name="amc23", domain="math", path=str(BENCH / "amc23" / "test.jsonl"), limit=5)
+    t = BenchmarkTask(name="amc23", domain="math", path=str(BENCH / "amc23" / "test.jsonl"), limit=5, domains=DOMAINS)
     assert t.metric == "math" and t.source == "amc23"
     ex = t.load()
     assert len(ex) == 5 and all(e.meta["metric"] == "math" for e in ex)
     assert t.load("test")[0].id == "amc23-0"
     with pytest.raises(ValueError, match="only the \\['test'\\] split"):
         t.load("train")
-    assert BenchmarkTask(name="m", domain="qa", path="x").metric == "f1"
+    assert BenchmarkTask(name="m", domain="qa", path="x", domains=DOMAINS).metric == "f1"
     with pytest.raises(ValueError, match="metric must be one of"):
-        BenchmarkTask(name="m", domain="qa", path="x", metric="bleu")
+        BenchmarkTask(name="m", domain="qa", path="x", metric="bleu", domains=DOMAINS)
     with pytest.raises(ValueError, match="neither a path nor hf_name"):
-        BenchmarkTask(name="m", domain="qa").load()
+        BenchmarkTask(name="m", domain="qa", domains=DOMAINS).load()
 
 
 def _compose_task(*overrides: str):
@@ -209,7 +210,7 @@ def test_paper_multitasks():
     assert by_source == {"2wiki": 100, "hotpotqa": 100, "musique": 7, "bamboogle": 100}
     with pytest.raises(ValueError, match="split 'train' is not available"):
         qa.load("train")
-    mixed = MultiTask(name="mix", tasks=[math.tasks[0], qa.tasks[0]])
+    mixed = MultiTask(name="mix", tasks=[math.tasks[0], qa.tasks[0]], domains=DOMAINS)
     assert mixed.domain == "mixed" and mixed.metric is None
     with pytest.raises(ValueError, match="has no load"):
-        MultiTask(name="bad", tasks={"a": {"name": "a"}})
+        MultiTask(name="bad", tasks={"a": {"name": "a"}}, domains=DOMAINS)

@@ -6,6 +6,11 @@ Walks the composed default config (``conf/config.yaml``, no overrides); for ever
 component in code silently runs another configuration than ``python -m etagent`` does (issue 15
 found ``max_rounds`` 3 vs 2, ``continuations`` 2 vs 1, ``mini_batches`` 1 vs 2).
 Option files (``model=small``, ``reward=correctness`` ...) are deltas from these and are not checked.
+A value interpolated from the ``grading`` section (``${grading.qa_threshold}``, the run's success
+policy) is resolved and checked the same way: a target whose default differed from it would grade
+otherwise when built in code (issue 24 found ``flywheel.min_correct`` 0.8 vs 0.75); such keys are
+best required (no code default), which this check then leaves alone. Other interpolations point to
+one place by construction and are skipped.
 """
 
 from __future__ import annotations
@@ -58,8 +63,12 @@ def drifts(node: Any, where: str = "") -> list[str]:
             if str(key).startswith("_") or key not in defaults:
                 continue
             raw = OmegaConf.to_container(node, resolve=False)[key]
-            if isinstance(raw, (dict, list)) or (isinstance(raw, str) and "${" in raw):
-                continue  # nested nodes are checked on their own; interpolations point to one place
+            if isinstance(raw, (dict, list)):
+                continue  # nested nodes are checked on their own
+            if isinstance(raw, str) and "${" in raw:
+                if not raw.startswith("${grading."):
+                    continue
+                raw = node[key]  # the run's grading value the key takes
             if not _same(raw, defaults[key]):
                 out.append(f"{where}{key}: yaml={raw!r} code={defaults[key]!r}")
     for key in node:
@@ -85,6 +94,8 @@ def test_the_drift_check_finds_a_drift(default_cfg: DictConfig):
     OmegaConf.set_struct(cfg, False)
     cfg.rl.mini_batches = 7
     cfg.flywheel.max_rounds = 9
+    cfg.grading.qa_metric = "em"  # reward.qa_metric and eval.qa_metric interpolate it; their code says f1
     found = drifts(cfg)
     assert any(f.startswith("rl.mini_batches: yaml=7") for f in found)
     assert any(f.startswith("flywheel.max_rounds: yaml=9") for f in found)
+    assert any(f.startswith("reward.qa_metric: yaml='em' code='f1'") for f in found)

@@ -19,6 +19,7 @@ from etagent.rl.grpo import GRPOConfig
 from etagent.rl.reward import RewardFn
 from etagent.rl.sampling import AllSampler, ParetoSampler, RandomSampler
 from etagent.tracking import Tracker
+from run_env import GRAMMAR
 
 _spec = importlib.util.spec_from_file_location("_grpo_helpers", Path(__file__).with_name("test_grpo.py"))
 H = importlib.util.module_from_spec(_spec)
@@ -29,7 +30,7 @@ _spec.loader.exec_module(H)
 def policy(tmp_path_factory) -> Path:
     """A tiny scratch policy saved like every etagent checkpoint (model + tokenizer)."""
     path = tmp_path_factory.mktemp("policy") / "seed"
-    tok = build_tokenizer(["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
     H.tiny_model(vocab=len(tok)).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
@@ -65,7 +66,7 @@ class Harness:
         from etagent.models.factory import load_policy
 
         self.loaded.append(str(path))
-        return load_policy(path, device="cpu")
+        return load_policy(path, device="cpu", dtype="float32")
 
     def evaluate(self, model, tok, dev, name):
         self.evals.append(name)
@@ -76,7 +77,8 @@ class Harness:
 
 def run(policy, out, harness, sched=None, sampler=None, tracker=None, rl=None):
     return run_curriculum(policy, H.examples(10), H.examples(3), sched or schedule(), rl or rl_cfg(),
-                          RewardFn(), sampler or ParetoSampler(count=4), out, tracker, harness.evaluate,
+                          RewardFn(grammar=GRAMMAR), sampler or ParetoSampler(count=4, qa_threshold=0.75), out, tracker,
+                          harness.evaluate,
                           make_engine=harness.make_engine, load_fn=harness.load_fn)
 
 
@@ -141,7 +143,8 @@ def _expected_step_questions(out: Path, step: int) -> list[str]:
     return [ids[i] for i in data_order(len(ids), rl_cfg().seed, step, rl_cfg().prompts_per_step)]
 
 
-@pytest.mark.parametrize("sampler", [RandomSampler(count=3, seed=0), AllSampler()], ids=["random", "all"])
+@pytest.mark.parametrize("sampler", [RandomSampler(count=3, qa_threshold=0.75, seed=0), AllSampler(qa_threshold=0.75)],
+                         ids=["random", "all"])
 def test_ablation_samplers_run(policy, tmp_path, sampler):
     h = Harness()
     s = schedule(1, eval_before=False)

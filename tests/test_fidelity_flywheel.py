@@ -7,7 +7,6 @@ import dataclasses
 
 import pytest
 
-from etagent import protocol
 from etagent.behaviour import label_behaviour
 from etagent.flywheel.evolvers import PolicyEvolver
 from etagent.flywheel.fault import ABORTED, locate_fault
@@ -21,8 +20,9 @@ from etagent.tools.base import ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
 
 from test_flywheel_strategies import CharTokenizer, DictSearch, FakeEngine, make_traj
+from run_env import ENV, GRADER, GRAMMAR, unused_toolset
 
-R = protocol.format_result
+R = GRAMMAR.format_result
 MATH = Example("m1", "What is 123*456?", ["56088"], "math", "synthetic", "train",
                plan=[PlanStep("python", "print(123*456)", "56088")])
 POP = Example("q1", "How many people live in Velmont?", ["1234567"], "qa", "synthetic", "train",
@@ -39,7 +39,7 @@ def toolset():
 
 @pytest.fixture
 def verifier(toolset):
-    return Verifier(toolset, CharTokenizer(), min_correct=0.75)
+    return Verifier(toolset, CharTokenizer(), GRADER, GRAMMAR)
 
 
 def test_salient_tokens_are_number_aware():
@@ -53,10 +53,10 @@ def test_thousands_separators_ground_the_answer_everywhere(verifier):
             + "<answer>\\boxed{1234567}</answer>")
     parent = make_traj(POP, text)
     # behaviour labels: the call is used (its number is the answer)
-    b = label_behaviour(parent, dataclasses.replace(POP, plan=None))
+    b = label_behaviour(parent, dataclasses.replace(POP, plan=None), **ENV)
     assert b["n_redundant"] == 0 and b["n_useful"] == 1
     # the redundancy rule keeps the call that produced the answer
-    new, removals = remove_redundant(text, POP.question)
+    new, removals = remove_redundant(text, POP.question, GRAMMAR)
     assert removals == [] and new == text
     # the grounding check: dropping that call is caught, keeping it passes
     no_call = "<think>I know it.</think><answer>\\boxed{1234567}</answer>"
@@ -80,23 +80,23 @@ ABORTED_TEXT = "\n".join([
 
 def test_removing_a_failed_call_removes_its_follow_up(verifier):
     parent = make_traj(MATH, ABORTED_TEXT, statuses=["error", "ok"])
-    new, removals = remove_redundant(ABORTED_TEXT, MATH.question, ["error", "ok"])
+    new, removals = remove_redundant(ABORTED_TEXT, MATH.question, GRAMMAR, ["error", "ok"])
     assert [r.reason for r in removals] == ["failed"]
     assert "That failed" not in new and "fix it" not in new
     assert "I need the product of 123 and 456." in new  # the retry keeps its reasoning
     (v,) = verifier.verify([Candidate(MATH, parent, new, "modify_redundancy", check_grounding=True)])
-    assert v.ok and v.traj.num_calls == 1
+    assert v.ok and v.traj.n_calls(GRAMMAR) == 1
 
 
 def test_a_hint_for_an_aborted_call_follows_its_result(toolset, verifier):
     wrong = ABORTED_TEXT.replace("<think>That failed. Let me fix it.</think>\n<python>print(123*456)</python>"
                                  + R("56088") + "\n", "").replace("56088", "5")
     parent = make_traj(MATH, wrong, statuses=["error"])
-    f = locate_fault(parent, MATH)
+    f = locate_fault(parent, MATH, GRAMMAR)
     assert f.kind == ABORTED and f.prefix(wrong).endswith("was never closed\n</result>")
     engine = FakeEngine(toolset, lambda ex, p, k: "<python>print(123*456)</python>" + R("56088")
                         + "<answer>\\boxed{56088}</answer>")
-    ctx = EvolveContext(engine, verifier, PolicyEvolver(), continuations=1)
+    ctx = EvolveContext(engine, verifier, PolicyEvolver(grammar=GRAMMAR), GRAMMAR, continuations=1)
     cands = HintInjection().propose([(MATH, parent)], ctx)
     (prefix,) = engine.calls[0]["prefixes"]
     assert prefix.endswith("</result><think>The code failed; I should fix it and run it again.</think>")
@@ -114,7 +114,7 @@ DUP = ("<think>I need the product.</think><python>print(123*456)</python>" + R("
 
 def test_modify_redundancy_cuts_at_the_redundant_step_and_the_policy_continues(toolset, verifier):
     engine = FakeEngine(toolset, lambda ex, p, k: "The product is 56088.<answer>\\boxed{56088}</answer>")
-    ctx = EvolveContext(engine, verifier, PolicyEvolver(), continuations=1)
+    ctx = EvolveContext(engine, verifier, PolicyEvolver(grammar=GRAMMAR), GRAMMAR, continuations=1)
     cands = ModifyRedundancy().propose([(MATH, make_traj(MATH, DUP))], ctx)
     assert [c.meta["level"] for c in cands] == ["rule", "continue"]
     (prefix,) = engine.calls[0]["prefixes"]
@@ -128,7 +128,7 @@ def test_self_correction_continues_with_a_reflection_step(toolset, verifier):
              + "<think>So it is 56211.</think><answer>\\boxed{56211}</answer>")
     engine = FakeEngine(toolset, lambda ex, p, k: "<python>print(123*456)</python>" + R("56088")
                         + "<answer>\\boxed{56088}</answer>")
-    ctx = EvolveContext(engine, verifier, PolicyEvolver(), continuations=1)
+    ctx = EvolveContext(engine, verifier, PolicyEvolver(grammar=GRAMMAR), GRAMMAR, continuations=1)
     cands = SelfCorrect().propose([(MATH, make_traj(MATH, wrong))], ctx)
     (prefix,) = engine.calls[0]["prefixes"]
     assert prefix.endswith(R("56211") + "<think>Wait, that step may be wrong. Let me look at it again and redo it.</think>")
@@ -150,15 +150,16 @@ def test_default_evolver_gives_the_same_output_without_plans(toolset, verifier):
     def run(example):
         parents = [make_traj(example, t, f"p{i}") for i, t in enumerate((guess, wrong, ABORTED_TEXT, DUP))]
         for p in parents:  # labels as the loop writes them (plan-derived when a plan exists)
-            p.behaviour = label_behaviour(p, example)
+            p.behaviour = label_behaviour(p, example, **ENV)
         engine = FakeEngine(toolset, script)
-        ctx = EvolveContext(engine, verifier, PolicyEvolver(refine_samples=2), continuations=1, seed=0)
+        ctx = EvolveContext(engine, verifier, PolicyEvolver(refine_samples=2, grammar=GRAMMAR), GRAMMAR, continuations=1,
+                            seed=0)
         incorrect, correct = [(example, p) for p in parents[:2]], [(example, p) for p in parents[2:]]
         out = []
         for strategy, items in ((SelfCorrect(), incorrect), (HintInjection(), incorrect),
                                 (ModifyRedundancy(), correct), (GlobalRefine(), correct)):
             out += [(c.strategy, c.text, c.meta.get("fault"), c.meta.get("inserted")) for c in strategy.propose(items, ctx)]
-        return out, [c["prefixes"] for c in engine.calls], [locate_fault(p, example) for p in parents]
+        return out, [c["prefixes"] for c in engine.calls], [locate_fault(p, example, GRAMMAR) for p in parents]
 
     with_plan = run(MATH)
     without = run(dataclasses.replace(MATH, plan=None))
@@ -184,9 +185,9 @@ def test_rounds_compound_edits_of_edits(toolset, tmp_path):
         return DUP  # reflections succeed, but with a duplicate call
 
     engine = FakeEngine(toolset, script)
-    cfg = FlywheelConfig(samples_per_question=1, max_rounds=2, continuations=1, stop_when_no_gain=False,
-                         strategies=["modify_redundancy", "hint_injection"])
-    pool = run_flywheel(engine, [MATH], cfg, tmp_path)
+    cfg = FlywheelConfig(min_correct=0.75, samples_per_question=1, max_rounds=2, continuations=1,
+                         stop_when_no_gain=False, strategies=["modify_redundancy", "hint_injection"])
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path, evolver=PolicyEvolver(grammar=GRAMMAR))
     by_id = {t.id: t for t in pool}
     r1 = {t.id for t in pool if t.meta["round"] == 1 and t.meta["strategy"] == "hint_injection"}
     r2 = [t for t in pool if t.meta["round"] == 2 and t.meta["strategy"] == "modify_redundancy"]
@@ -205,21 +206,19 @@ def test_lucky_guesses_are_not_sft_data(toolset, tmp_path):
 
     lucky = "<think>Probably 56088.</think><answer>\\boxed{56088}</answer>"
     engine = FakeEngine(toolset, lambda ex, p, k: (lucky if k == 0 else GUESS) if p is None else GUESS)
-    cfg = FlywheelConfig(samples_per_question=3, max_rounds=1, strategies=[])
-    pool = run_flywheel(engine, [MATH], cfg, tmp_path)
+    cfg = FlywheelConfig(min_correct=0.75, samples_per_question=3, max_rounds=1, strategies=[])
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path, evolver=PolicyEvolver(grammar=GRAMMAR))
     guess = next(t for t in pool if t.answer == "56088")
     assert guess.score == 1.0 and guess.meta["grounded"] is False  # 1 of 3 no-call answers right
     (row,) = json.loads((tmp_path / "rounds.json").read_text())
     assert row["sft_lucky_before"] == 1.0 and row["sft_lucky"] is None and row["sft_size"] == 0
     # a question reliably answered without tools keeps its no-call answers
     engine = FakeEngine(toolset, lambda ex, p, k: lucky)
-    pool = run_flywheel(engine, [MATH], cfg, tmp_path / "b")
+    pool = run_flywheel(engine, [MATH], cfg, tmp_path / "b", evolver=PolicyEvolver(grammar=GRAMMAR))
     assert all(t.meta["grounded"] for t in pool)
 
 
 def test_finetune_between_rounds_is_wired(tmp_path, monkeypatch):
-    import contextlib
-
     from etagent.pipeline import components, stage_flywheel
     from etagent.pipeline.context import RunContext
 
@@ -252,7 +251,7 @@ def test_finetune_between_rounds_is_wired(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(components, "load_split", lambda ctx, split: [MATH])
-    monkeypatch.setattr(components, "make_toolset", lambda ctx: contextlib.nullcontext(None))
+    monkeypatch.setattr(components, "make_toolset", lambda ctx: unused_toolset())
     monkeypatch.setattr(components, "policy_backend", lambda ctx, path: (Backend(), None))
     monkeypatch.setattr(components, "load_policy", lambda ctx, path: (f"model@{path}", None))
     monkeypatch.setattr("etagent.flywheel.ase.run_ase", fake_ase)

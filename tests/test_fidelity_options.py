@@ -4,7 +4,6 @@ table, backend=vllm in the RL stage."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -17,13 +16,14 @@ from etagent.records import Example, Trajectory, write_jsonl
 from conftest import compose
 from test_judge import FakeBackend
 from test_rollout import tok  # noqa: F401 - fixture
+from run_env import GRADER, GRAMMAR, unused_toolset
 
 
 class _Engine:
     """Stands in for the rollout engine: answers 'seventeen' and grades with the stage's grader."""
 
     def __init__(self, grader):
-        self.grader = grader
+        self.grader, self.grammar = grader, GRAMMAR
         self.max_turn_tokens = 16
 
     def rollout(self, examples, n, params, group_prefix=""):
@@ -31,7 +31,7 @@ class _Engine:
         for ex in examples:
             for k in range(n):
                 text = "<think>t</think><answer>\\boxed{seventeen}</answer>"
-                answer = grading.block_answer(text)
+                answer = grading.block_answer(text, GRAMMAR)
                 out.append(Trajectory(id=f"{group_prefix}{ex.id}#{k}", example_id=ex.id,
                                       group_id=f"{group_prefix}{ex.id}", response_text=text, response_mask=[1] * 4,
                                       answer=answer, score=self.grader(ex, answer)))
@@ -46,9 +46,9 @@ def _eval_ctx(tmp_path, monkeypatch, overrides, backend):
     ctx.policies = lambda: {"seed": tmp_path / "seed"}
     ex = Example(id="m1", question="Compute 10+7.", answers=["17"], domain="math", source="t")
     monkeypatch.setattr(components, "load_split", lambda ctx, split: [ex])
-    monkeypatch.setattr(components, "make_toolset", lambda ctx: contextlib.nullcontext(None))
+    monkeypatch.setattr(components, "make_toolset", lambda ctx: unused_toolset())
     monkeypatch.setattr(components, "policy_backend", lambda ctx, path: (backend, None))
-    monkeypatch.setattr(components, "make_engine", lambda ctx, b, t, policy=None: _Engine(policy))
+    monkeypatch.setattr(components, "make_engine", lambda ctx, b, grader: _Engine(grader))
     return ctx
 
 
@@ -121,7 +121,7 @@ def test_eval_table_has_one_row_per_benchmark_and_the_macro_average():
     names = ["aime24", "amc23", "math500", "2wiki", "bamboogle", "musique"]
     exs = [Example(id=f"{b}-{i}", question=f"q{i}", answers=["seventeen" if i else "1"], domain="math", source=b)
            for b in names for i in range(1 + names.index(b) % 2)]
-    _, m = evaluate(_Engine(grading.GradingPolicy()), exs, EvalConfig())
+    _, m = evaluate(_Engine(GRADER), exs, EvalConfig())
     rows = m["by_benchmark"]
     assert list(rows) == names + ["macro avg (6)"]
     per = [rows[b]["correctness"] for b in names]
@@ -149,7 +149,7 @@ def test_rl_stage_hands_vllm_a_checkpoint_dir_and_reloads_it_after_updates(tmp_p
     ctx = RunContext(cfg, tmp_path, tracker=None)
     ctx.policies = lambda: {"seed": tmp_path / "seed"}
     monkeypatch.setattr(components, "load_split", lambda ctx, split: [])
-    monkeypatch.setattr(components, "make_toolset", lambda ctx: contextlib.nullcontext(None))
+    monkeypatch.setattr(components, "make_toolset", lambda ctx: unused_toolset())
     seen = {}
 
     def fake_curriculum(*args, make_engine, **kw):

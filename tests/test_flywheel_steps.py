@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from etagent.flywheel.evolvers import PolicyEvolver
-from etagent.flywheel.loop import FlywheelConfig, _policy, build_verifier, run_flywheel
+from etagent.flywheel.loop import FlywheelConfig, build_verifier, flywheel_grader, run_flywheel
+from etagent.flywheel.pool import Pool
 from etagent.flywheel.steps import ROUND_STEPS, Flywheel, Round, merge, propose, sample, split, verify
 from etagent.flywheel.strategies import CORRECT, INCORRECT, EvolveContext, build_strategies
 
@@ -12,16 +13,16 @@ from test_flywheel_strategies import FakeEngine
 
 
 def _flywheel(engine, cfg):
-    evolver = PolicyEvolver()
+    evolver = PolicyEvolver(grammar=engine.grammar)
     return Flywheel(engine, _examples(), cfg, build_verifier(engine, cfg), evolver,
-                    build_strategies(cfg.strategies), _policy(engine, cfg))
+                    build_strategies(cfg.strategies), flywheel_grader(engine, cfg), Pool(engine.grammar))
 
 
 def test_each_step_does_its_one_job(toolset, tmp_path):  # noqa: F811
-    cfg = FlywheelConfig(samples_per_question=2, max_rounds=1, continuations=1)
+    cfg = FlywheelConfig(min_correct=0.75, samples_per_question=2, max_rounds=1, continuations=1)
     engine = FakeEngine(toolset, _script)
     fw = _flywheel(engine, cfg)
-    rnd = Round(1, EvolveContext(engine, fw.verifier, fw.evolver, round=1, extra_calls=cfg.extra_calls,
+    rnd = Round(1, EvolveContext(engine, fw.verifier, fw.evolver, engine.grammar, round=1, extra_calls=cfg.extra_calls,
                                  continuations=cfg.continuations, temperature=cfg.temperature,
                                  keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed))
     assert ROUND_STEPS == (sample, split, propose, verify, merge)
@@ -51,5 +52,6 @@ def test_each_step_does_its_one_job(toolset, tmp_path):  # noqa: F811
     assert sum(c["added"] for c in rnd.stats.values()) == len(edits)
 
     # the loop is these steps: the same round through run_flywheel adds the same trajectories
-    pool = run_flywheel(FakeEngine(toolset, _script), _examples(), cfg, tmp_path)
+    engine = FakeEngine(toolset, _script)
+    pool = run_flywheel(engine, _examples(), cfg, tmp_path, evolver=PolicyEvolver(grammar=engine.grammar))
     assert [(t.id, t.response_text, t.score) for t in pool] == [(t.id, t.response_text, t.score) for t in fw.pool]

@@ -21,8 +21,10 @@ from etagent.flywheel.verify import (
 from etagent.records import Example, PlanStep, ToolCall, Trajectory
 from etagent.tools.base import ToolResult, ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
+from etagent.tools.search.base import SearchTool
+from run_env import GRADER, GRAMMAR, grader
 
-R = protocol.format_result
+R = GRAMMAR.format_result
 
 
 class CharTokenizer:
@@ -36,6 +38,7 @@ class CharTokenizer:
 
 
 class DictSearch:
+    spec = SearchTool.spec
     name = "search"
 
     def __init__(self, docs: dict[str, str]):
@@ -55,7 +58,7 @@ class FakeEngine:
     def __init__(self, toolset, script):
         self.toolset, self.script = toolset, script
         self.backend = type("B", (), {"tokenizer": CharTokenizer()})()
-        self.grader = grading.grade
+        self.grader, self.grammar = GRADER, toolset.grammar  # the run's grader and its tools' grammar
         self.calls = []
 
     def rollout(self, examples, n, params, prefixes=None, extra_calls=0, group_prefix=""):
@@ -70,18 +73,18 @@ class FakeEngine:
 
 
 def make_traj(ex: Example, text: str, tid: str = "t0", statuses: list[str] | None = None) -> Trajectory:
-    parsed = protocol.parse(text)
+    parsed = GRAMMAR.parse(text)
     calls = []
     segs = parsed.segments
     for j, s in enumerate(segs):
-        if s.kind in protocol.TOOL_TAGS:
+        if s.kind in GRAMMAR.tool_tags:
             res = next((x.content.strip() for x in segs[j + 1 :] if x.kind == protocol.RESULT), "")
             calls.append(ToolCall(s.kind, s.content, res, "ok"))
     for c, st in zip(calls, statuses or []):
         c.status = st
-    ans = grading.extract_answer(text)
+    ans = grading.extract_answer(text, GRAMMAR)
     return Trajectory(id=tid, example_id=ex.id, group_id=ex.id, response_text=text, prompt_ids=[1, 2, 3],
-                      tool_calls=calls, answer=ans, score=grading.grade(ex, ans),
+                      tool_calls=calls, answer=ans, score=GRADER.grade(ex, ans),
                       format_errors=[str(e) for e in parsed.errors], meta={"round": 1, "strategy": "sample", "parent_id": None})
 
 
@@ -95,7 +98,7 @@ def toolset():
 
 @pytest.fixture()
 def verifier(toolset):
-    return Verifier(toolset, CharTokenizer(), min_correct=0.8)
+    return Verifier(toolset, CharTokenizer(), grader(qa_threshold=0.8), GRAMMAR)
 
 
 MATH = Example("m1", "What is 123*456?", ["56088"], "math", "synthetic", "train",
@@ -112,21 +115,21 @@ DUP = ("<think>I need the product.</think><python>print(123*456)</python>" + R("
 
 
 def test_duplicate_call_removed_and_verified(verifier):
-    text, removals = remove_redundant(DUP, MATH.question)
+    text, removals = remove_redundant(DUP, MATH.question, GRAMMAR)
     assert [r.reason for r in removals] == ["duplicate"]
-    assert protocol.count_tool_calls(text)["python"] == 1
+    assert GRAMMAR.count_tool_calls(text)["python"] == 1
     assert "run it again" not in text  # the reasoning that only served the duplicate went too
     assert "I need the product" in text
     parent = make_traj(MATH, DUP)
-    (cand,) = ModifyRedundancy().propose([(MATH, parent)], EvolveContext(None, verifier, PolicyEvolver()))
+    (cand,) = ModifyRedundancy().propose([(MATH, parent)], EvolveContext(None, verifier, PolicyEvolver(grammar=GRAMMAR), GRAMMAR))
     (v,) = verifier.verify([cand])
     assert v.reason == ACCEPTED, v.detail
     t = v.traj
-    assert t.num_calls == 1 and t.tool_calls[0].status == "ok" and t.tool_calls[0].result.strip() == "56088"
-    assert protocol.is_valid(t.response_text) and t.score == 1.0
+    assert t.n_executed == t.n_calls(GRAMMAR) == 1 and t.tool_calls[0].status == "ok" and t.tool_calls[0].result.strip() == "56088"
+    assert GRAMMAR.is_valid(t.response_text) and t.score == 1.0
     assert t.meta["strategy"] == "modify_redundancy" and t.meta["parent_id"] == parent.id
     # results are masked in the re-encoded ids
-    res_seg = next(s for s in protocol.parse(t.response_text).segments if s.kind == protocol.RESULT)
+    res_seg = next(s for s in GRAMMAR.parse(t.response_text).segments if s.kind == protocol.RESULT)
     assert t.response_mask[res_seg.start] == 0 and t.response_mask[0] == 1
     assert len(t.response_ids) == len(t.response_mask) == len(t.response_text)
 
@@ -136,15 +139,15 @@ def test_unused_and_failed_calls_removed(verifier):
             + R("NameError: name 'undefined_name' is not defined")
             + "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>")
     parent = make_traj(MATH, text, statuses=["ok", "error", "ok"])
-    new, removals = remove_redundant(text, MATH.question, [c.status for c in parent.tool_calls])
+    new, removals = remove_redundant(text, MATH.question, GRAMMAR, [c.status for c in parent.tool_calls])
     assert sorted(r.reason for r in removals) == ["failed", "unused"]
     (v,) = verifier.verify([Candidate(MATH, parent, new, "modify_redundancy", check_grounding=True)])
-    assert v.ok and v.traj.num_calls == 1
+    assert v.ok and v.traj.n_calls(GRAMMAR) == 1
 
 
 def test_used_calls_are_kept():
     text = "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>"
-    new, removals = remove_redundant(text, MATH.question)
+    new, removals = remove_redundant(text, MATH.question, GRAMMAR)
     assert removals == [] and new == text
 
 
@@ -164,7 +167,7 @@ def test_edit_that_breaks_the_answer_is_rejected(verifier):
 
 
 def test_missing_results_are_filled_by_real_tools(toolset):
-    v = Verifier(toolset, CharTokenizer(), require_same_results=True)
+    v = Verifier(toolset, CharTokenizer(), GRADER, GRAMMAR, require_same_results=True)
     parent = make_traj(QA, "<answer>\\boxed{Paris}</answer>")
     rewrite = "<think>Compute it.</think><search>capital of Zubra</search>It is Velmont.<answer>\\boxed{Velmont}</answer>"
     (verdict,) = v.verify([Candidate(QA, parent, rewrite, "global_refine")])
@@ -178,13 +181,13 @@ def test_missing_results_are_filled_by_real_tools(toolset):
 def test_fault_location():
     aborted = make_traj(MATH, "<python>print(12 3)</python>" + R("SyntaxError") + "<answer>\\boxed{1}</answer>",
                         statuses=["error"])
-    f = locate_fault(aborted, MATH)
+    f = locate_fault(aborted, MATH, GRAMMAR)
     assert f.kind == ABORTED and f.prefix(aborted.response_text).endswith("SyntaxError\n</result>")  # after the result
     guess = make_traj(MATH, "<think>About 50000.</think><answer>\\boxed{50000}</answer>")
-    f = locate_fault(guess, MATH)
+    f = locate_fault(guess, MATH, GRAMMAR)
     assert f.kind == INSUFFICIENT and f.prefix(guess.response_text) == ""
     wrong = make_traj(MATH, "<python>print(123*456)</python>" + R("56088") + "So<answer>\\boxed{56089}</answer>")
-    f = locate_fault(wrong, MATH)
+    f = locate_fault(wrong, MATH, GRAMMAR)
     assert f.kind == ERRONEOUS and f.prefix(wrong.response_text).endswith("</result>")
 
 
@@ -193,7 +196,8 @@ def test_fault_location():
 
 def _ctx(toolset, verifier, script, evolver=None, **kw):
     engine = FakeEngine(toolset, script)
-    return engine, EvolveContext(engine, verifier, evolver or PolicyEvolver(), round=2, continuations=2, **kw)
+    return engine, EvolveContext(engine, verifier, evolver or PolicyEvolver(grammar=GRAMMAR), GRAMMAR, round=2,
+                                 continuations=2, **kw)
 
 
 GUESS = "<think>About 50000.</think><answer>\\boxed{50000}</answer>"
@@ -243,7 +247,7 @@ def test_policy_global_refine_keeps_only_shorter(toolset, verifier):
     def script(ex, prefix, k):
         return short if k == 0 else DUP
 
-    engine, ctx = _ctx(toolset, verifier, script, evolver=PolicyEvolver(refine_samples=3, refine_temperature=0.2))
+    engine, ctx = _ctx(toolset, verifier, script, evolver=PolicyEvolver(refine_samples=3, refine_temperature=0.2, grammar=GRAMMAR))
     cands = GlobalRefine().propose([(MATH, make_traj(MATH, DUP))], ctx)
     assert engine.calls[0]["temperature"] == 0.2 and engine.calls[0]["prefixes"] is None
     assert [c.text for c in cands] == [short]
@@ -252,9 +256,9 @@ def test_policy_global_refine_keeps_only_shorter(toolset, verifier):
 
 def test_oracle_refine_is_minimal_plan(toolset, verifier):
     _, ctx = _ctx(toolset, verifier, lambda *a: "")
-    (cand,) = OracleEvolver().refine([(MATH, make_traj(MATH, DUP))], ctx)
+    (cand,) = OracleEvolver(grammar=GRAMMAR).refine([(MATH, make_traj(MATH, DUP))], ctx)
     (v,) = verifier.verify([cand])
-    assert v.ok and v.traj.num_calls == 1
+    assert v.ok and v.traj.n_calls(GRAMMAR) == 1
 
 
 class ScriptedLLM:
@@ -275,7 +279,7 @@ def test_llm_evolver_parses_replies(toolset, verifier):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load("conf/evolver/llm.yaml")
-    evo = LLMEvolver(prompts=dict(cfg.prompts), backend=ScriptedLLM(), step_level=False)
+    evo = LLMEvolver(prompts=dict(cfg.prompts), backend=ScriptedLLM(), step_level=False, grammar=GRAMMAR)
     _, ctx = _ctx(toolset, verifier, lambda *a: "", evolver=evo)
     ScriptedLLM.reply = ("=== BEGIN ===\n<think>Compute it.</think><python>print(123*456)</python>" + R("56088")
                          + "<answer>\\boxed{56088}</answer>\n=== END ===")
@@ -284,7 +288,7 @@ def test_llm_evolver_parses_replies(toolset, verifier):
     wrong = make_traj(MATH, "<python>print(123*456)</python>" + R("56088") + "So<answer>\\boxed{1}</answer>")
     ScriptedLLM.reply = "STEP: 2\nthe answer step is wrong"
     (f,) = evo.locate([(MATH, wrong)])
-    assert f.step == 1 and f.pos == len(split_steps(wrong.response_text)[0])
+    assert f.step == 1 and f.pos == len(split_steps(wrong.response_text, GRAMMAR)[0])
     ScriptedLLM.reply = "HINT: I should re-read the result."
     assert evo.hints([(MATH, wrong)], [f]) == ["<think>I should re-read the result.</think>"]
 
@@ -298,12 +302,13 @@ def test_pool_dedup_provenance_and_selection(tmp_path):
     short = make_traj(MATH, "<think>Compute it.</think><python>print(123*456)</python>" + R("56088") + "<answer>\\boxed{56088}</answer>", "c")
     short.meta = {"round": 1, "strategy": "global_refine", "parent_id": "a"}
     wrong = make_traj(MATH, GUESS, "d")
-    pool = Pool([a, b, short, wrong])
+    pool = Pool(GRAMMAR, [a, b, short, wrong])
     assert len(pool) == 3
-    assert [t.id for t in pool.select(max_per_question=1)] == ["c"]
-    assert [t.id for t in pool.select()] == ["c", "a"]
-    assert [t.id for t in pool.select(include_unedited=False)] == ["c"]
+    flywheel = grader(qa_threshold=0.8)
+    assert [t.id for t in pool.select(1, flywheel)] == ["c"]
+    assert [t.id for t in pool.select(None, flywheel)] == ["c", "a"]
+    assert [t.id for t in pool.select(None, flywheel, include_unedited=False)] == ["c"]
     with pytest.raises(ValueError, match="provenance"):
         pool.add(Trajectory(id="x", example_id="m1", group_id="m1", response_text="x"))
     pool.save(tmp_path / "pool.jsonl")
-    assert [t.id for t in Pool.load(tmp_path / "pool.jsonl")] == ["a", "c", "d"]
+    assert [t.id for t in Pool.load(tmp_path / "pool.jsonl", GRAMMAR)] == ["a", "c", "d"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from etagent import protocol
 from etagent.backends.base import Completion, GenerationBackend, SamplingParams, find_stop
 from etagent.data.synthetic import SyntheticTask
 from etagent.models.prompting import build_prompt_ids
@@ -21,13 +20,14 @@ from etagent.rollout.engine import RolloutEngine
 from etagent.seed.teacher import write_teacher_trajectories
 from etagent.train.sequences import end_token_id, from_text
 from test_synthetic import make_toolset
+from run_env import DOMAINS, GRADER, GRAMMAR
 
 SMALL_WORLD = {"n_people": 40, "n_famous": 4, "n_cities": 10, "n_countries": 4}
 
 
 @pytest.fixture(scope="module")
 def task() -> SyntheticTask:
-    return SyntheticTask(seed=0, n_train=120, n_dev=4, n_test=4, world=SMALL_WORLD)
+    return SyntheticTask(seed=0, n_train=120, n_dev=4, n_test=4, world=SMALL_WORLD, domains=DOMAINS)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def tok(task, teacher):
     examples, rows = teacher
     texts = [r["response_text"] for r in rows] + [e.question for e in examples]
     texts += [r["text"] for r in task.corpus_records()]
-    return build_tokenizer(texts, vocab_size=400, atomic_words=task.lexicon())
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=texts, vocab_size=400, atomic_words=task.lexicon())
 
 
 class Replay(GenerationBackend):
@@ -82,10 +82,10 @@ def test_teacher_text_equals_what_the_engine_produces(task, toolset, teacher, to
     assert {f for r in picked for f in r["flaws"]} >= {"redundant", "aborted"}
     exs = [by_id[r["example_id"]] for r in picked]
     backend = Replay(tok, {by_id[r["example_id"]].question: r["response_text"] for r in picked})
-    engine = RolloutEngine(backend, toolset, max_response_tokens=4096, max_turn_tokens=4096, label_behaviour=False)
+    engine = RolloutEngine(backend, toolset, GRADER, GRAMMAR, max_response_tokens=4096, max_turn_tokens=4096, label_behaviour=False, system_prompt=None)
     trajs = engine.rollout(exs, n=1, params=SamplingParams(temperature=0.0, max_new_tokens=4096))
     for row, ex, traj in zip(picked, exs, trajs):
-        seq = from_text(tok, build_prompt_ids(tok, ex.question, None), row["response_text"])
+        seq = from_text(tok, build_prompt_ids(tok, ex.question, None), row["response_text"], grammar=GRAMMAR)
         n_prompt = len(traj.prompt_ids)
         # SFT appends the end-of-turn token the sampler never returns (it stops at </answer>)
         assert seq.ids[-1] == end_token_id(tok)
@@ -99,6 +99,6 @@ def test_teacher_text_equals_what_the_engine_produces(task, toolset, teacher, to
 
 
 def test_tool_turn_is_call_then_result_with_nothing_between():
-    text = protocol.format_tool_turn("python", "print(1)", "1")
+    text = GRAMMAR.format_tool_turn("python", "print(1)", "1")
     assert text == "<python>print(1)</python><result>\n1\n</result>"
-    assert protocol.parse(text + "<answer>\\boxed{1}</answer>").call_counts()["python"] == 1
+    assert GRAMMAR.parse(text + "<answer>\\boxed{1}</answer>").call_counts()["python"] == 1

@@ -1,5 +1,5 @@
-"""One success policy: every success decision goes through etagent.grading.Grader, and a new
-answer domain is one registration in the grader (no other module changes)."""
+"""One success policy: every success decision goes through the run's etagent.grading.Grader, whose
+domain rules are config (``task.domains``): a new answer domain is a grading rule plus a config node."""
 
 from __future__ import annotations
 
@@ -7,24 +7,14 @@ import random
 
 import pytest
 
-from etagent import grading
 from etagent.evaluation.metrics import compute_metrics
 from etagent.flywheel.pool import Pool
-from etagent.grading import DomainRule, Grader
+from etagent.grading import DomainRule, Grader, domain_rules
 from etagent.records import Example, Trajectory
 from etagent.rl.pareto import has_mixed_outcomes, pareto_select
+from run_env import DOMAINS, GRAMMAR
 
-
-@pytest.fixture
-def code_domain():
-    """A "code" domain graded by exact string match, registered in the grader only."""
-    saved = (dict(grading.DOMAIN_RULES), dict(grading.METRIC_FNS), dict(grading.DEFAULT_METRIC))
-    grading.register_domain(DomainRule("code", ("exact",), binary=True),
-                            {"exact": lambda pred, golds: float(pred.strip() in [g.strip() for g in golds])})
-    yield
-    for live, old in zip((grading.DOMAIN_RULES, grading.METRIC_FNS, grading.DEFAULT_METRIC), saved):
-        live.clear()
-        live.update(old)
+CODE = DomainRule("code", ["exact_code"], binary=True, metric_fns={"exact_code": "code_domain.exact_code"})
 
 
 def _traj(i: int, ex: Example, score: float, text: str = "<answer>x</answer>") -> Trajectory:
@@ -32,36 +22,43 @@ def _traj(i: int, ex: Example, score: float, text: str = "<answer>x</answer>") -
                       meta={"strategy": "sample", "round": 1, "parent_id": None})
 
 
-def test_new_domain_is_graded_and_decided_everywhere(code_domain):
+def test_new_domain_is_graded_and_decided_everywhere():
     ex = Example("c1", "print one", ["print(1)"], "code", "toy")
-    g = Grader(qa_metric="f1", qa_threshold=0.5)
-    assert g.metric(ex) == "exact"  # the QA metric does not apply to code
+    g = Grader({**DOMAINS, "code": CODE}, qa_metric="f1", qa_threshold=0.5)
+    assert g.metric(ex) == "exact_code"  # the QA metric does not apply to code
     assert g.grade(ex, " print(1) ") == 1.0 and g.grade(ex, "print(2)") == 0.0 and g.grade(ex, None) == 0.0
-    assert g.grade_text(ex, "<answer>\\boxed{print(1)}</answer>") == ("print(1)", 1.0)
+    assert g.grade_text(ex, "<answer>\\boxed{print(1)}</answer>", GRAMMAR) == ("print(1)", 1.0)
     assert g.is_success("code", 1.0) and not g.is_success("code", 0.5)  # binary: the threshold does not apply
-    # Pareto filter, flywheel pool, metrics: no change outside the grader
-    assert has_mixed_outcomes([0.0, 1.0], "code") and not has_mixed_outcomes([1.0, 1.0], "code")
-    assert pareto_select([[0, 1], [1, 1]], [[0.0, 1.0], [1.0, 1.0]], 2, domains=["code", "code"]) == [0]
-    pool = Pool([_traj(0, ex, 1.0), _traj(1, ex, 0.0, "<answer>y</answer>")])
-    assert [t.id for t in pool.select(min_correct=0.8)] == ["t0"]
-    m = compute_metrics([_traj(0, ex, 1.0), _traj(1, ex, 0.0, "<answer>y</answer>")], {ex.id: ex}, policy=g)
+    # Pareto filter, flywheel pool, metrics: they all ask the grader they are given
+    assert has_mixed_outcomes([0.0, 1.0], "code", g) and not has_mixed_outcomes([1.0, 1.0], "code", g)
+    assert pareto_select([[0, 1], [1, 1]], [[0.0, 1.0], [1.0, 1.0]], 2, ["code", "code"], g) == [0]
+    pool = Pool(GRAMMAR, [_traj(0, ex, 1.0), _traj(1, ex, 0.0, "<answer>y</answer>")])
+    assert [t.id for t in pool.select(None, g.with_threshold(0.8))] == ["t0"]
+    m = compute_metrics([_traj(0, ex, 1.0), _traj(1, ex, 0.0, "<answer>y</answer>")], {ex.id: ex},
+                        grader=g, grammar=GRAMMAR)
     assert m["correctness"] == 0.5
 
 
-def test_unknown_domain_is_refused_by_name():
-    with pytest.raises(ValueError, match="domain must be one of"):
-        Example("c1", "q", ["a"], "code", "toy")
+def test_unknown_domain_and_bad_rules_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown domain 'code'"):
-        Grader().is_success("code", 1.0)
-    with pytest.raises(ValueError, match="needs registered metrics"):
-        grading.register_domain(DomainRule("code", ("bleu",)))
+        Grader(DOMAINS, "f1", 0.75).is_success("code", 1.0)
+    with pytest.raises(ValueError, match=r"domain 'code' needs known metrics.*\['bleu'\]"):
+        DomainRule("code", ["bleu"], binary=False)
+    with pytest.raises(ValueError, match=r"metric_fns\.exact: cannot import 'nowhere\.fn'"):
+        DomainRule("code", ["exact"], binary=True, metric_fns={"exact": "nowhere.fn"})
+    with pytest.raises(ValueError, match=r"task\.domains\.program: the rule is named 'code'"):
+        domain_rules({"program": CODE})
+    with pytest.raises(TypeError, match="binary"):
+        DomainRule("code", ["exact_code"])  # noqa - required: say whether a score is 0/1
+    with pytest.raises(TypeError, match="qa_threshold"):
+        Grader(DOMAINS, "f1")  # noqa - the threshold is the run's, never a module default
 
 
 def test_success_rules_are_the_former_ones():
     rng = random.Random(0)
     for _ in range(500):
         thr = rng.choice([0.5, 0.75, 0.8, 1.0])
-        g = Grader(qa_threshold=thr)
+        g = Grader(DOMAINS, "f1", qa_threshold=thr)
         math = [float(rng.randint(0, 1)) for _ in range(rng.randint(0, 4))]
         qa = [rng.choice([0.0, 0.5, 0.74, 0.75, 0.8, 1.0]) for _ in range(rng.randint(0, 4))]
         for v in qa:
@@ -70,14 +67,15 @@ def test_success_rules_are_the_former_ones():
             assert g.is_success("math", v) == (v >= 1.0) == g.is_success(None, v)  # 0/1 scores: same rule
         assert g.mixed(math, "math") == (0.0 in math and 1.0 in math)
         assert g.mixed(qa, "qa") == (any(v >= thr for v in qa) and any(v < thr for v in qa))
-    assert not Grader().mixed([0.5, 1.0], "math")  # math needs a 0 and a 1
+    assert not Grader(DOMAINS, "f1", 0.75).mixed([0.5, 1.0], "math")  # math needs a 0 and a 1
 
 
-def test_with_threshold_keeps_metric_and_judge():
+def test_derived_graders_keep_the_rest():
     judge = object()
-    g = Grader("em", 0.75, judge).with_threshold(0.8)
-    assert (g.qa_metric, g.qa_threshold, g.math_judge) == ("em", 0.8, judge)
-    assert grading.GradingPolicy is Grader
+    g = Grader(DOMAINS, "em", 0.75, judge).with_threshold(0.8)
+    assert (g.domains, g.qa_metric, g.qa_threshold, g.math_judge) == (DOMAINS, "em", 0.8, judge)
+    m = g.with_metric("f1")
+    assert (m.qa_metric, m.qa_threshold, m.math_judge) == ("f1", 0.8, judge)
 
 
 def test_records_written_before_the_rename_still_read(tmp_path):
@@ -93,4 +91,5 @@ def test_records_written_before_the_rename_still_read(tmp_path):
     assert '"score": 0.6' in text and '"correct"' not in text
     assert Trajectory.from_json(text) == t
     ex = Example("e", "q", ["a"], "qa", "toy")
-    assert Grader(qa_threshold=0.5).succeeded(t, ex) and not Grader().succeeded(t, ex)  # the flag: the grader's call
+    # the flag is the grader's call
+    assert Grader(DOMAINS, "f1", 0.5).succeeded(t, ex) and not Grader(DOMAINS, "f1", 0.75).succeeded(t, ex)

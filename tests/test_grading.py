@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from etagent import grading
-from etagent.grading import extract_answer, grade, is_qa_success, math_equal, normalize_answer, qa_em, qa_f1
+from etagent.grading import extract_answer, grade, math_equal, normalize_answer, qa_em, qa_f1
 from etagent.records import Example
+from run_env import GRAMMAR, grader
 
 SHARED = Path(os.environ.get("ETAGENT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 BENCH = SHARED / "benchmarks"
@@ -41,27 +42,27 @@ def test_extract_answer_last_answer_block():
         "<think>try \\boxed{1}</think><python>print(2)</python><result>\n2\n</result>"
         "<answer>first \\boxed{\\frac{1}{2}} then \\boxed{\\frac{3}{4}}</answer>"
     )
-    assert extract_answer(text) == "\\frac{3}{4}"
+    assert extract_answer(text, GRAMMAR) == "\\frac{3}{4}"
     # two answer blocks (a format error) -> the last one counts
-    assert extract_answer("<answer>\\boxed{1}</answer><answer>\\boxed{2}</answer>") == "2"
+    assert extract_answer("<answer>\\boxed{1}</answer><answer>\\boxed{2}</answer>", GRAMMAR) == "2"
 
 
 def test_extract_answer_fallbacks():
     # no answer tags: the last \boxed anywhere outside tool results
-    assert extract_answer("so the answer is \\boxed{42}.") == "42"
+    assert extract_answer("so the answer is \\boxed{42}.", GRAMMAR) == "42"
     # a \boxed printed by a tool is never the answer
-    assert extract_answer("<python>print('\\\\boxed{7}')</python><result>\n\\boxed{7}\n</result>") is None
+    assert extract_answer("<python>print('\\\\boxed{7}')</python><result>\n\\boxed{7}\n</result>", GRAMMAR) is None
     # answer block without \boxed: fall back to a boxed elsewhere, else None / raw text on request
-    assert extract_answer("<think>\\boxed{5}</think><answer>5</answer>") == "5"
-    assert extract_answer("<answer>New York</answer>") is None
-    assert extract_answer("<answer> New York </answer>", require_boxed=False) == "New York"
+    assert extract_answer("<think>\\boxed{5}</think><answer>5</answer>", GRAMMAR) == "5"
+    assert extract_answer("<answer>New York</answer>", GRAMMAR) is None
+    assert extract_answer("<answer> New York </answer>", GRAMMAR, require_boxed=False) == "New York"
     # unclosed answer (length cut) still yields its boxed content
-    assert extract_answer("<answer>\\boxed{(3, \\pi/2)}") == "(3, \\pi/2)"
+    assert extract_answer("<answer>\\boxed{(3, \\pi/2)}", GRAMMAR) == "(3, \\pi/2)"
 
 
 @pytest.mark.parametrize("garbage", [None, "", "<answer>", "\\boxed{", "</answer></answer>", "<answer>\\boxed{{}</answer>"])
 def test_extract_answer_never_raises(garbage):
-    assert extract_answer(garbage) is None
+    assert extract_answer(garbage, GRAMMAR) is None
 
 
 # --------------------------------------------------------------------------- math
@@ -192,12 +193,13 @@ def test_qa_yes_no_and_edge_cases(wiki_rows):
     assert qa_f1("Frank Lowy", "Frank Lowy") == 1.0  # a single gold string works too
 
 
-def test_is_qa_success_threshold():
-    assert is_qa_success(0.75) and is_qa_success(1.0)
-    assert not is_qa_success(0.74)
-    assert is_qa_success(0.5, threshold=0.5)
-    assert grading.is_success("math", 1.0) and not grading.is_success("math", 0.0)
-    assert grading.is_success("qa", 0.8) and not grading.is_success("qa", 0.7)
+def test_qa_success_threshold_is_the_graders():
+    g = grader()  # the default config's: 0.75
+    assert g.is_success("qa", 0.75) and g.is_success("qa", 1.0)
+    assert not g.is_success("qa", 0.74)
+    assert grader(qa_threshold=0.5).is_success("qa", 0.5)
+    assert g.is_success("math", 1.0) and not g.is_success("math", 0.0)
+    assert g.is_success("qa", 0.8) and not g.is_success("qa", 0.7)
 
 
 # --------------------------------------------------------------------------- grade()
@@ -205,22 +207,26 @@ def test_is_qa_success_threshold():
 
 def test_grade_math_and_qa(wiki_rows):
     m = Example(id="m", question="q", answers=["\\left( 3, \\frac{\\pi}{2} \\right)"], domain="math", source="math500")
-    assert grade(m, "(3, \\pi/2)") == 1.0
-    assert grade(m, "(3, \\pi)") == 0.0
-    assert grade(m, None) == 0.0
+    g = grader()
+    assert g.grade(m, "(3, \\pi/2)") == 1.0 == grade(m, "(3, \\pi/2)", "math")
+    assert g.grade(m, "(3, \\pi)") == 0.0
+    assert g.grade(m, None) == 0.0
     q = Example(id="w", question="q", answers=wiki_rows[0]["answer"], domain="qa", source="2wiki")
-    assert grade(q, "New York, USA") == pytest.approx(0.8)  # f1 by default
-    assert grade(q, "New York, USA", metric="em") == 0.0
-    assert grade(q, "NYC", metric="em") == 1.0
-    assert grade(q, None) == 0.0
+    assert g.grade(q, "New York, USA") == pytest.approx(0.8)  # grading.qa_metric=f1
+    assert grader("em").grade(q, "New York, USA") == 0.0 == grade(q, "New York, USA", "em")
+    assert grader("em").grade(q, "NYC") == 1.0
+    assert g.grade(q, None) == 0.0
 
 
 def test_grade_uses_task_metric_from_meta_and_rejects_unknown():
     q = Example(id="w", question="q", answers=["New York"], domain="qa", source="2wiki", meta={"metric": "em"})
-    assert grade(q, "New York City") == 0.0  # em from the task config
-    assert grade(q, "New York City", metric="f1") == pytest.approx(0.8)  # explicit wins
+    assert grader(None).grade(q, "New York City") == 0.0  # em from the task config
+    assert grader("f1").grade(q, "New York City") == pytest.approx(0.8)  # the run's qa_metric wins
     with pytest.raises(ValueError, match="unknown grading metric 'judge'"):
-        grade(q, "x", metric="judge")
+        grade(q, "x", "judge")
+    odd = Example(id="w", question="q", answers=["1"], domain="qa", source="x", meta={"metric": "judge"})
+    with pytest.raises(ValueError, match="unknown grading metric 'judge'.*domain 'qa'"):
+        grader(None).grade(odd, "1")
 
 
 def test_math_equal_keeps_an_outer_timer_armed():

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from etagent.records import Example, ToolCall, Trajectory
@@ -25,6 +26,9 @@ from etagent.rl.grpo import GRPOConfig, GRPOTrainer, data_order
 from etagent.rl.losses import PPOClip, clipped_pg_loss
 from etagent.rl.logprobs import pack, sequence_logprobs, token_logprobs
 from etagent.tracking import Tracker
+from etagent.grading import Grader
+from etagent.tools.python_sandbox import PythonSandbox
+from run_env import DOMAINS, GRADER, GRAMMAR
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RESULT_IDS = [10, 11, 12]  # stands for an injected "<result>..</result>" block (mask 0)
@@ -60,6 +64,8 @@ class ScriptedEngine:
     Correct iff the first token is even (so the policy can learn it), unless
     ``correct_fn`` says otherwise. ``fail_on_call`` raises on that call (a kill).
     """
+
+    grader = GRADER  # the run's: the Pareto sampler decides success with it
 
     def __init__(self, vocab: int = 48, correct_fn=None, fail_on_call: int | None = None,
                  format_error_rate: float = 0.1):
@@ -105,7 +111,7 @@ def cfg(**kw) -> GRPOConfig:
     return GRPOConfig(**base)
 
 
-EFF = rw.RewardFn(mode="efficiency", sigma_tool=0.2, sigma_len=0.5, schedule="linear_decay")
+EFF = rw.RewardFn(grammar=GRAMMAR, mode="efficiency", sigma_tool=0.2, sigma_len=0.5, schedule="linear_decay")
 
 
 def params_of(model) -> dict[str, torch.Tensor]:
@@ -197,7 +203,7 @@ def test_equal_rewards_make_the_update_a_noop(tmp_path):
     before = params_of(model)
     # every trajectory correct and format-valid -> equal rewards in every group
     engine = ScriptedEngine(correct_fn=lambda first, j, ex: 1.0, format_error_rate=0.0)
-    tr = GRPOTrainer(model, None, engine, rw.RewardFn(mode="correctness"), cfg(kl_coef=0.1), tmp_path, Tracker(None))
+    tr = GRPOTrainer(model, None, engine, rw.RewardFn(grammar=GRAMMAR, mode="correctness"), cfg(kl_coef=0.1), tmp_path, Tracker(None))
     stats = tr.train(examples(5), "rl/test", total_steps=2)
     h = stats["history"]
     assert all(m["reward/zero_var_groups"] == 1.0 and m["adv_abs_mean"] == 0.0 for m in h)
@@ -281,7 +287,8 @@ def test_correctness_and_efficiency_rewards_both_run(tmp_path):
     out = {}
     for mode in ("correctness", "efficiency"):
         node = compose([f"reward={mode}", "grading.qa_metric=f1"]).reward  # correctness: a delta of efficiency
-        tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), node, cfg(bf16=mode == "efficiency"), tmp_path / mode, None)
+        reward = instantiate(node, grammar=GRAMMAR)
+        tr = GRPOTrainer(tiny_model(), None, ScriptedEngine(), reward, cfg(bf16=mode == "efficiency"), tmp_path / mode, None)
         out[mode] = tr.train(examples(6), "rl/x", total_steps=2)["history"]
     c, e = out["correctness"], out["efficiency"]
     assert c[0]["sigma_tool"] == 0.0 and e[0]["sigma_tool"] == pytest.approx(0.2)
@@ -331,7 +338,7 @@ def test_recomputed_logprobs_match_the_hf_backend_convention():
     from etagent.backends.hf import HFBackend
     from etagent.models.tokenizer import build_tokenizer
 
-    tok = build_tokenizer(["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
     model = tiny_model(vocab=len(tok)).eval()
     prompts = [[1, 5, 9, 7], [3, 4]]
     comps = HFBackend(model, tok).generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=12, seed=3))
@@ -374,6 +381,7 @@ def test_integration_real_engine_hf_backend(tmp_path):
     from etagent.tools.base import ToolResult, ToolSet
 
     class Echo:
+        spec = PythonSandbox.spec
         name = "python"
 
         def run_batch(self, queries):
@@ -382,14 +390,21 @@ def test_integration_real_engine_hf_backend(tmp_path):
         def close(self):
             pass
 
-    tok = build_tokenizer(["<python>print(1+2)</python><result>3</result> <answer>\\boxed{3}</answer>"] * 20,
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=["<python>print(1+2)</python><result>3</result> <answer>\\boxed{3}</answer>"] * 20,
                           vocab_size=300)
     model = tiny_model(vocab=len(tok))
     before = params_of(model)
     flip = itertools.count()
-    engine = RolloutEngine(HFBackend(model, tok), ToolSet({"python": Echo()}),
-                           grader=lambda ex, ans: float(next(flip) % 3 == 0),  # varied rewards
-                           max_response_tokens=40, max_turn_tokens=20)
+
+    class Flip(Grader):  # varied rewards
+        def grade(self, example, answer):
+            return float(next(flip) % 3 == 0)
+
+        __call__ = grade
+
+    tools = ToolSet({"python": Echo()})
+    engine = RolloutEngine(HFBackend(model, tok), tools, Flip(DOMAINS, "f1", 0.75), tools.grammar,
+                           max_response_tokens=40, max_turn_tokens=20, system_prompt=None)
     tracker = Tracker(tmp_path / "run")
     tr = GRPOTrainer(model, tok, engine, EFF, cfg(lr=1e-2, max_response_tokens=32, checkpoint_every=1),
                      tmp_path / "out", tracker)

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, SHARED
 from etagent.data.jsonl_task import JsonlTask, UserTrajectories, load_corpus_rows
+from run_env import DOMAINS, GRADER, unused_toolset
 
 PEOPLE = [("Arlo Venn", "Quarth", 1961), ("Bea Torlis", "Mindle", 1974), ("Cyr Halgo", "Pesk", 1958),
           ("Dova Strenn", "Quarth", 1980), ("Elm Parro", "Vosk", 1969), ("Fen Oradi", "Mindle", 1990),
@@ -60,7 +61,7 @@ FIELDS = dict(question_fields=["prompt"], answer_field="gold", id_field="uid", d
 
 def test_splits_fields_domains_and_the_dev_split(tmp_path: Path):
     f = user_files(tmp_path)
-    task = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), name="mine", **FIELDS)
+    task = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), name="mine", **FIELDS, domains=DOMAINS)
     train, dev, test = task.load("train"), task.load("dev"), task.load("test")
     assert (len(train), len(dev), len(test)) == (27, 3, 10)  # dev_fraction 0.1 of 30 split off
     assert not {e.id for e in train} & {e.id for e in dev}
@@ -69,9 +70,9 @@ def test_splits_fields_domains_and_the_dev_split(tmp_path: Path):
     assert ex.meta["metric"] == "math" and ex.source == "mine" and "kind" not in ex.meta
     qa = next(e for e in test if e.domain == "qa")
     assert qa.meta["metric"] == "f1" and all(e.split == "dev" for e in dev)
-    again = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), name="mine", **FIELDS)
+    again = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), name="mine", **FIELDS, domains=DOMAINS)
     assert [e.id for e in again.load("dev")] == [e.id for e in dev]  # seeded: the same split every time
-    capped = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), n_test=4, **FIELDS)
+    capped = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), n_test=4, **FIELDS, domains=DOMAINS)
     assert len(capped.load("test")) == 4
     written = task.write(str(tmp_path / "world"))
     assert set(written) == {"train", "dev", "test"}  # no corpus configured: none written
@@ -81,19 +82,19 @@ def test_splits_fields_domains_and_the_dev_split(tmp_path: Path):
 def test_bad_input_names_the_file_line_and_key(tmp_path: Path):
     f = user_files(tmp_path)
     with pytest.raises(ValueError, match="task.train_path: required"):
-        JsonlTask(test_path=str(f["test"]))
+        JsonlTask(test_path=str(f["test"]), domains=DOMAINS)
     with pytest.raises(FileNotFoundError, match="task.corpus_path: no such file"):
-        JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), corpus_path=str(tmp_path / "nope"))
+        JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), corpus_path=str(tmp_path / "nope"), domains=DOMAINS)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"uid": 1, "prompt": "q1", "gold": 1, "kind": "math"}\n'
                    '{"uid": 2, "prompt": "q2", "gold": 2, "kind": "chemistry"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: task.domain_field 'kind' must hold one of"):
-        JsonlTask(train_path=str(bad), test_path=str(f["test"]), **FIELDS).load("train")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: task.domain_field 'kind': domain must be one of \['math', 'qa'\]"):
+        JsonlTask(train_path=str(bad), test_path=str(f["test"]), **FIELDS, domains=DOMAINS).load("train")
     bad.write_text('{"question": "q1"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing key 'answer'"):
-        JsonlTask(train_path=str(bad), test_path=str(f["test"])).load("train")
+        JsonlTask(train_path=str(bad), test_path=str(f["test"]), domains=DOMAINS).load("train")
     with pytest.raises(ValueError, match=r"train.jsonl:1: missing question.*set task.question_fields"):
-        JsonlTask(train_path=str(f["train"]), test_path=str(f["test"])).load("train")  # default field names
+        JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), domains=DOMAINS).load("train")  # default field names
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "ok"}\n{"title": "no text"}\n')
     with pytest.raises(ValueError, match=r"c.jsonl:2: no non-empty `text`"):
@@ -102,9 +103,9 @@ def test_bad_input_names_the_file_line_and_key(tmp_path: Path):
 
 def test_user_trajectories_match_rows_and_are_graded(tmp_path: Path):
     f = user_files(tmp_path)
-    task = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), trajectories_path=str(f["demos"]), **FIELDS)
+    task = JsonlTask(train_path=str(f["train"]), test_path=str(f["test"]), trajectories_path=str(f["demos"]), **FIELDS, domains=DOMAINS)
     train, dev = task.load("train"), task.load("dev")
-    rows = task.seed_agent().write(train)
+    rows = task.seed_agent(GRADER).write(train, unused_toolset())
     demo_ids = {json.loads(x)["id"] for x in f["demos"].read_text().splitlines()}
     in_dev = sum(e.meta["row_id"] in demo_ids for e in dev)
     assert len(rows) == 12 - in_dev and all(r["correct"] for r in rows)  # dev rows' demos are not trained on
@@ -112,11 +113,11 @@ def test_user_trajectories_match_rows_and_are_graded(tmp_path: Path):
     m = next(r for r in rows if r["domain"] == "math")
     assert m["calls"] == [{"kind": "python", "query": m["calls"][0]["query"], "role": "unlabelled", "status": "unknown"}]
     assert m["calls"][0]["query"].startswith("print(")
-    assert UserTrajectories(None).write(train) == []
+    assert UserTrajectories(None, GRADER).write(train, unused_toolset()) == []
     other = tmp_path / "other.jsonl"
     other.write_text('{"question": "What is 1 + 1?", "response_text": "<answer>\\\\boxed{2}</answer>"}\n')
     with pytest.raises(ValueError, match=r"other.jsonl:1: matches no training row"):
-        UserTrajectories(str(other)).write(train)
+        UserTrajectories(str(other), GRADER).write(train, unused_toolset())
 
 
 def _run(tmp_path: Path, name: str, extra: list[str]) -> subprocess.CompletedProcess:

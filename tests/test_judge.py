@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from etagent.backends.base import Completion
 from etagent.judge import LLMJudge, build_judge
 from etagent.records import Example, Trajectory
+from run_env import GRADER
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "judge"
 
@@ -119,10 +120,13 @@ def test_grade_and_concise_fn_adapters():
     reply = lambda text, k: "Verdict: yes" if "PRED: 4" in text else "Verdict: no"  # noqa: E731
     j, b = _judge(reply, shortcut_math=False)
     math = Example(id="m", question="2+2?", answers=["four"], domain="math", source="t")
-    assert j.grade(math, "4") == 1.0 and j.grade(math, "5") == 0.0
+    assert j.grade(math, "4", "math") == 1.0 and j.grade(math, "5", "math") == 0.0
     qa = Example(id="a", question="Capital?", answers=["Paris"], domain="qa", source="t")
     n_calls = len(b.calls)
-    assert j.grade(qa, "Paris") == 1.0 and len(b.calls) == n_calls  # QA: token F1, no LLM
+    assert j.grade(qa, "Paris", "f1") == 1.0 and len(b.calls) == n_calls  # QA: token F1, no LLM
+    # as the math judge of the run's grader (judge=llm): math via the judge, QA as usual
+    g = GRADER.with_judge(j)
+    assert g.grade(math, "4") == 1.0 and g.grade(qa, "Paris") == 1.0 and len(b.calls) == n_calls + 1
     j, _ = _judge(lambda t, k: "Verdict: yes" if "<python>" not in t else "Verdict: no")
     traj = Trajectory(id="t", example_id="a", group_id="a", response_text="<answer>\\boxed{Paris}</answer>")
     assert j.concise_fn(traj, qa) is True

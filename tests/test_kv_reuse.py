@@ -25,6 +25,8 @@ from etagent.records import Example
 from etagent.rollout.branching import EntropyBrancher
 from etagent.rollout.engine import RolloutEngine
 from etagent.tools.base import ToolResult, ToolSet
+from etagent.tools.python_sandbox import PythonSandbox
+from run_env import GRADER, GRAMMAR
 
 TEXTS = ["What is 6*7? <think>multiply</think><python>print(6*7)</python><result>\n42\n</result>"
          "<answer>The answer is \\boxed{42}</answer>"] * 40
@@ -33,7 +35,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer(TEXTS, vocab_size=300)
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=TEXTS, vocab_size=300)
 
 
 def _biased_model(tok, seed: int = 0):
@@ -62,6 +64,7 @@ def model(tok):
 
 
 class Echo:
+    spec = PythonSandbox.spec
     name = "python"
 
     def run_batch(self, queries):  # results of different lengths
@@ -78,7 +81,9 @@ EXAMPLES = [Example(id=f"q{i}", question="What is " + "6*7 " * (i % 4 + 1) + "pl
 def _rollout(model, tok, reuse: bool, cache_impl: str, batch_size: int = 8, max_mb: float = 1024, **engine_kw):
     n = engine_kw.pop("n", 2)
     be = HFBackend(model, tok, batch_size=batch_size, cache_impl=cache_impl, kv_reuse=reuse, kv_reuse_max_mb=max_mb)
-    eng = RolloutEngine(be, ToolSet({"python": Echo()}), max_response_tokens=160, max_turn_tokens=40, **engine_kw)
+    tools = ToolSet({"python": Echo()})
+    eng = RolloutEngine(be, tools, GRADER, tools.grammar, system_prompt=None, max_response_tokens=160, max_turn_tokens=40,
+                        **engine_kw)
     trajs = eng.rollout(EXAMPLES, n, GREEDY)
     return trajs, be
 
@@ -132,7 +137,8 @@ def test_branching_forks_with_reuse(tok, model):
 
 
 def _turn(be, prefixes, states=None):
-    return [o[0] for o in be.generate(prefixes, SamplingParams(temperature=0.0, max_new_tokens=40), states)]
+    return [o[0] for o in be.generate(prefixes, SamplingParams(temperature=0.0, max_new_tokens=40, stop=GRAMMAR.stop_strings),
+                                      states)]
 
 
 def test_stale_or_foreign_states_fall_back_to_a_full_prefill(tok, model):

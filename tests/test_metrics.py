@@ -11,6 +11,7 @@ from etagent import protocol
 from etagent.evaluation.metrics import compute_metrics, metrics_table_markdown, per_question_correctness
 from etagent.evaluation.radar import radar_chart
 from etagent.records import Example, PlanStep, ToolCall, Trajectory
+from run_env import ENV, GRAMMAR
 
 M1 = Example(id="m1", question="8453*89?", answers=["752317"], domain="math", source="syn",
              plan=[PlanStep("python", "print(8453*89)", "752317")])
@@ -21,7 +22,7 @@ EXAMPLES = {e.id: e for e in (M1, M2, Q1)}
 
 
 def traj(tid, ex, calls, correct, tokens, answer="x"):
-    text = "".join(protocol.format_call(k, q) + protocol.format_result(r) for k, q, r, _ in calls)
+    text = "".join(protocol.format_call(k, q) + GRAMMAR.format_result(r) for k, q, r, _ in calls)
     text += protocol.format_answer(answer)
     return Trajectory(
         id=tid, example_id=ex.id, group_id=ex.id, response_text=text,
@@ -43,7 +44,7 @@ def four():
 
 
 def test_hand_computed_metrics():
-    m = compute_metrics(four(), EXAMPLES)
+    m = compute_metrics(four(), EXAMPLES, **ENV)
     # c = [1, 1, 0, .5]; calls = [4, 0, 1, 1]; paper-failed = [2, 0, 1, 1]; tokens = [10, 5, 20, 4]
     expected = {
         "n": 4,
@@ -72,7 +73,7 @@ def test_hand_computed_metrics():
 
 def test_zero_calls_everywhere():
     trajs = [traj("a", M2, [], 1.0, 3), traj("b", M2, [], 0.0, 0)]
-    m = compute_metrics(trajs, EXAMPLES)
+    m = compute_metrics(trajs, EXAMPLES, **ENV)
     assert m["efficiency"] == pytest.approx(0.5) == m["correctness"]
     assert m["tool_productivity"] is None and m["call_success_rate"] is None and m["redundant_call_share"] is None
     assert m["exec_score"] == pytest.approx(0.5)
@@ -82,7 +83,7 @@ def test_zero_calls_everywhere():
 
 def test_all_wrong():
     trajs = [traj("a", M1, [("python", "print(1)", "1", "ok")], 0.0, 4), traj("b", M1, [], 0.0, 2)]
-    m = compute_metrics(trajs, EXAMPLES)
+    m = compute_metrics(trajs, EXAMPLES, **ENV)
     assert m["correctness"] == 0.0 and m["efficiency"] == 0.0 and m["tool_productivity"] == 0.0
     assert m["conciseness"] == 1.0 and m["exec_score"] == 0.0 and m["length_score"] == 0.0
     assert m["insufficient_rate"] == 1.0 and m["insufficient_share_of_wrong"] == 1.0
@@ -93,7 +94,7 @@ def test_uses_stored_labels_and_judge_hook():
     ts = four()
     ts[1].behaviour = {"n_redundant": 1, "redundant": True, "insufficient": False, "aborted": False,
                        "erroneous": False}
-    m = compute_metrics(ts, EXAMPLES, concise_fn=lambda t, ex: t.id == "t1")
+    m = compute_metrics(ts, EXAMPLES, concise_fn=lambda t, ex: t.id == "t1", **ENV)
     assert m["conciseness"] == 0.5 and m["redundant_rate"] == 0.5  # t1 and the stored t2 label
     assert m["conciseness_judge"] == 0.25  # judge accepts t1 only, out of all 4 samples
 
@@ -101,12 +102,12 @@ def test_uses_stored_labels_and_judge_hook():
 def test_per_question_and_errors():
     assert per_question_correctness(four()) == {"m1": 0.5, "m2": 1.0, "q1": 0.5}
     with pytest.raises(ValueError, match="unknown example 'm1'"):
-        compute_metrics(four(), {"m2": M2})
+        compute_metrics(four(), {"m2": M2}, **ENV)
 
 
 def test_markdown_table():
-    md = metrics_table_markdown({"base": compute_metrics(four(), EXAMPLES),
-                                 "none": compute_metrics([traj("a", M2, [], 1.0, 3)], EXAMPLES)})
+    md = metrics_table_markdown({"base": compute_metrics(four(), EXAMPLES, **ENV),
+                                 "none": compute_metrics([traj("a", M2, [], 1.0, 3)], EXAMPLES, **ENV)})
     lines = md.strip().splitlines()
     assert lines[0].startswith("| name | N | Correct % | Effi % | TP |")
     assert lines[2].startswith("| base | 4 | 62.5 | 43.8 | 0.417 | 75.0 |")
@@ -129,7 +130,7 @@ def _png_ok(path) -> tuple[int, int]:
 
 
 def test_radar_chart_png(tmp_path):
-    runs = {"base": compute_metrics(four(), EXAMPLES), "et-agent": compute_metrics(four()[:2], EXAMPLES)}
+    runs = {"base": compute_metrics(four(), EXAMPLES, **ENV), "et-agent": compute_metrics(four()[:2], EXAMPLES, **ENV)}
     out = radar_chart(runs, tmp_path / "sub" / "radar.png")
     assert out == tmp_path / "sub" / "radar.png"
     w, h = _png_ok(out)

@@ -9,13 +9,14 @@ from etagent import protocol
 from etagent.models.factory import ModelSpec, build_scratch_model, count_parameters, load_policy
 from etagent.models.prompting import build_prompt_ids, build_prompt_text
 from etagent.models.tokenizer import IM_END, build_tokenizer, load_tokenizer, save_tokenizer, stop_token_ids
+from run_env import GRAMMAR
 
 QUESTIONS = ["What is 123*45?", "Who founded Velmora Labs?", "What is 7+5?"]
 RESPONSES = [
     "<think>Too long to do in my head.</think><python>print(123*45)</python>"
-    + protocol.format_result("5535") + protocol.format_answer("5535"),
+    + GRAMMAR.format_result("5535") + protocol.format_answer("5535"),
     "<search>Velmora Labs founder</search>"
-    + protocol.format_result("Velmora Labs was founded by Ada Quenn in 1931.")
+    + GRAMMAR.format_result("Velmora Labs was founded by Ada Quenn in 1931.")
     + "<think>The passage names her.</think>" + protocol.format_answer("Ada Quenn"),
     "<think>7+5=12</think>" + protocol.format_answer("12"),
 ]
@@ -25,7 +26,7 @@ TINY_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer(TEXTS * 10, vocab_size=400)
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=TEXTS * 10, vocab_size=400)
 
 
 def test_tokenizer_round_trip(tokenizer, tmp_path):
@@ -44,7 +45,7 @@ def test_tokenizer_round_trip(tokenizer, tmp_path):
 
 
 def test_tags_are_atomic_and_survive_decode(tokenizer):
-    for tag in protocol.TAG_TOKENS:
+    for tag in GRAMMAR.tag_tokens:
         ids = tokenizer.encode(tag, add_special_tokens=False)
         assert len(ids) == 1, tag
         # skip_special_tokens must not drop protocol tags (parsing decoded ids relies on them)
@@ -67,7 +68,7 @@ def test_model_save_load_identical_logits(tokenizer, tmp_path):
     model.eval()
     model.save_pretrained(tmp_path)
     save_tokenizer(tokenizer, tmp_path)
-    loaded, tok = load_policy(tmp_path, device="cpu")
+    loaded, tok = load_policy(tmp_path, device="cpu", dtype="float32")
     ids = torch.tensor([build_prompt_ids(tok, QUESTIONS[0]) + tok.encode(RESPONSES[0], add_special_tokens=False)])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, loaded(input_ids=ids).logits)
@@ -122,7 +123,7 @@ def test_model_configs_compose(name, kind, path):
 
 def _copy_rule_tok():
     texts = ["Where was Zorvan Kell born? Zorvan Kell was born in Tavel in 1950.", "What is 12 * 34?"] * 10
-    return build_tokenizer(texts, vocab_size=300, atomic_words=["Zorvan", "Kell", "Tavel"])
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=texts, vocab_size=300, atomic_words=["Zorvan", "Kell", "Tavel"])
 
 
 def test_name_words_are_one_id_wherever_they_appear():
@@ -158,4 +159,4 @@ def test_numbers_are_chunks_of_at_most_three_digits_left_to_right():
         i = got.index("906")
         assert got[i : i + 2] == chunks, (text, got)
     with pytest.raises(ValueError, match="digit_chunk"):
-        build_tokenizer(["x"], vocab_size=300, digit_chunk=0)
+        build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=["x"], vocab_size=300, digit_chunk=0)

@@ -10,6 +10,7 @@ import pytest
 
 from etagent.rl.pareto import crowding_order, front_ranks, has_mixed_outcomes, pareto_rank, pareto_select
 from etagent.rl.sampling import AllSampler, ParetoSampler, RandomSampler
+from run_env import GRADER
 
 # --------------------------------------------------------------------------- reference
 
@@ -137,7 +138,7 @@ def test_pareto_select_matches_reference_end_to_end(seed):
         ]
         count = rng.randint(0, n)
         whole, tail, rank = reference_select(tools, corr, count, domains)
-        assert pareto_select(tools, corr, count, domains) == canonical(whole, tail, rank)
+        assert pareto_select(tools, corr, count, domains, GRADER) == canonical(whole, tail, rank)
 
 
 def test_ragged_groups_match_reference():
@@ -145,7 +146,7 @@ def test_ragged_groups_match_reference():
     tools = [[rng.randint(0, 4) for _ in range(rng.randint(0, 6))] for _ in range(40)]
     corr = [[float(rng.randint(0, 1)) for _ in range(rng.randint(0, 6))] for _ in range(40)]
     whole, tail, rank = reference_select(tools, corr, 17, None)
-    assert pareto_select(tools, corr, 17) == canonical(whole, tail, rank)
+    assert pareto_select(tools, corr, 17, None, GRADER) == canonical(whole, tail, rank)
 
 
 # --------------------------------------------------------------------------- hand-checked
@@ -161,11 +162,13 @@ def test_hand_example_fronts_crowding_and_filter():
     ]
     # count 3: front 0 whole (q0, q3), then one of front 1 by crowding: both objectives have
     # zero range there -> all distances 0 -> index order -> q1.
-    assert pareto_select(tools, corr, 3, filter_mixed=False) == [0, 3, 1]
+    assert pareto_select(tools, corr, 3, None, None, filter_mixed=False) == [0, 3, 1]
     # filter: q3 all correct -> dropped
-    assert pareto_select(tools, corr, 3) == [0, 1]
-    assert pareto_select(tools, corr, 4) == [0, 1, 5]
-    assert pareto_select(tools, corr, 100, filter_mixed=False) == [0, 3, 1, 5, 2, 4]
+    assert pareto_select(tools, corr, 3, None, GRADER) == [0, 1]
+    assert pareto_select(tools, corr, 4, None, GRADER) == [0, 1, 5]
+    assert pareto_select(tools, corr, 100, None, None, filter_mixed=False) == [0, 3, 1, 5, 2, 4]
+    with pytest.raises(ValueError, match="needs the run's grader"):
+        pareto_select(tools, corr, 3, None, None)
 
 
 def test_hand_example_crowding_cut():
@@ -186,28 +189,28 @@ def test_crowding_zero_range_objective_adds_nothing():
 
 
 def test_mixed_outcome_rules():
-    assert has_mixed_outcomes([0, 1, 1], "math")
-    assert not has_mixed_outcomes([0.5, 1], "math")
-    assert has_mixed_outcomes([0.5, 1], "qa")
-    assert not has_mixed_outcomes([0.75, 0.9], "qa")
-    assert has_mixed_outcomes([0.74, 0.75], "qa")
-    assert not has_mixed_outcomes([], "qa")
+    assert has_mixed_outcomes([0, 1, 1], "math", GRADER)
+    assert not has_mixed_outcomes([0.5, 1], "math", GRADER)
+    assert has_mixed_outcomes([0.5, 1], "qa", GRADER)
+    assert not has_mixed_outcomes([0.75, 0.9], "qa", GRADER)
+    assert has_mixed_outcomes([0.74, 0.75], "qa", GRADER)
+    assert not has_mixed_outcomes([], "qa", GRADER)
     with pytest.raises(ValueError, match="unknown domain"):
-        has_mixed_outcomes([0, 1], "code")
+        has_mixed_outcomes([0, 1], "code", GRADER)
 
 
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="tool_counts has 2 questions but correctness has 1"):
-        pareto_select([[1], [2]], [[1]], 1)
+        pareto_select([[1], [2]], [[1]], 1, None, GRADER)
     with pytest.raises(ValueError, match="non-finite"):
-        pareto_select([[1, float("nan")]], [[1, 0]], 1)
+        pareto_select([[1, float("nan")]], [[1, 0]], 1, None, GRADER)
     with pytest.raises(ValueError, match="domains has 1 entries"):
-        pareto_select([[1], [2]], [[1], [0]], 1, domains=["math"])
+        pareto_select([[1], [2]], [[1], [0]], 1, ["math"], GRADER)
 
 
 def test_empty_and_zero_count():
-    assert pareto_select([], [], 5) == []
-    assert pareto_select([[1, 2]], [[0, 1]], 0) == []
+    assert pareto_select([], [], 5, None, GRADER) == []
+    assert pareto_select([[1, 2]], [[0, 1]], 0, None, GRADER) == []
 
 
 # --------------------------------------------------------------------------- samplers
@@ -216,14 +219,18 @@ def test_empty_and_zero_count():
 def test_samplers():
     tools = [[0, 2], [0, 1], [1, 1], [0, 3], [2, 2], [1, 2]]
     corr = [[0, 1], [1, 0], [0, 1], [1, 1], [0, 0], [0, 1]]
-    assert ParetoSampler(count=4).select(tools, corr) == [0, 1, 5]
-    assert AllSampler().select(tools, corr) == list(range(6))
-    assert AllSampler(filter_mixed=True).select(tools, corr) == [0, 1, 2, 5]
-    r1 = RandomSampler(count=3, seed=1).select(tools, corr)
-    assert r1 == RandomSampler(count=3, seed=1).select(tools, corr)
+    assert ParetoSampler(count=4, qa_threshold=0.75).select(tools, corr, None, GRADER) == [0, 1, 5]
+    assert AllSampler(qa_threshold=0.75).select(tools, corr, None, GRADER) == list(range(6))
+    assert AllSampler(qa_threshold=0.75, filter_mixed=True).select(tools, corr, None, GRADER) == [0, 1, 2, 5]
+    r1 = RandomSampler(count=3, qa_threshold=0.75, seed=1).select(tools, corr, None, GRADER)
+    assert r1 == RandomSampler(count=3, qa_threshold=0.75, seed=1).select(tools, corr, None, GRADER)
     assert len(r1) == 3 and len(set(r1)) == 3 and all(0 <= i < 6 for i in r1)
-    r2 = RandomSampler(count=10, seed=0, filter_mixed=True).select(tools, corr)
+    r2 = RandomSampler(count=10, qa_threshold=0.75, seed=0, filter_mixed=True).select(tools, corr, None, GRADER)
     assert sorted(r2) == [0, 1, 2, 5]
+    # the sampler's own threshold applies to the run's grader (QA: 0.6 mixed only below 0.75)
+    qa = [[0.6, 0.9], [0.6, 0.7]]
+    assert AllSampler(qa_threshold=0.75, filter_mixed=True).select([[0, 1]] * 2, qa, ["qa", "qa"], GRADER) == [0]
+    assert AllSampler(qa_threshold=0.65, filter_mixed=True).select([[0, 1]] * 2, qa, ["qa", "qa"], GRADER) == [0, 1]
 
 
 def test_sampling_configs_instantiate():

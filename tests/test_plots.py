@@ -75,3 +75,19 @@ def test_pareto_points_recompute_the_samplers_objectives(tmp_path):
     assert s1["front"] == front_ranks(np.array(s1["var_calls"]), np.array(s1["var_correct"])).tolist()
     assert min(s1["front"]) == 0
     _png(plots.pareto_fronts(pts, tmp_path / "p.png"))
+
+
+def test_pareto_points_count_executed_calls_only(tmp_path):
+    """As the sampler (and the released pareto/data_process.py): budget-refused and invalid calls did not run."""
+    import json
+
+    run = make_run(tmp_path / "run", flywheel=False)
+    calls = [{"kind": "python", "query": "1", "result": "1", "status": "ok"},
+             {"kind": "python", "query": "2", "result": "", "status": "budget"},
+             {"kind": "python", "query": "", "result": "Error", "status": "invalid"},
+             {"kind": "python", "query": "3", "result": "Error", "status": "error"}]
+    rows = [{"id": f"s/q0#{j}", "example_id": "q0", "group_id": "s/q0", "tool_calls": calls[: j + 1], "score": 1.0}
+            for j in range(4)]
+    (run / "rl" / "stage_1" / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pts = pareto_points(load_run(run))["stage_1"]
+    assert pts["var_calls"] == [pytest.approx(np.var([1, 1, 1, 2]))]  # executed: ok, ok, ok, ok + error

@@ -15,6 +15,7 @@ from etagent.evaluation.metrics import compute_metrics
 from etagent.records import Example, ToolCall, Trajectory, write_jsonl
 from etagent.report.results import RESULT_COLUMNS, load_results, write_run_results
 from etagent.report.stats import change_outside, mean_interval, wilson_interval
+from run_env import ENV, GRAMMAR
 
 
 @pytest.mark.parametrize("k,n,low,high", [  # Newcombe (1998), Table I, method 3 (Wilson score)
@@ -71,9 +72,9 @@ def real_run(tmp_path_factory) -> Path:
     by_id = {e.id: e for e in exs}
     for k, policy in enumerate(("seed", "rl_stage_1")):
         trajs = [_traj(e, policy, k) for e in exs]
-        metrics = {"overall": compute_metrics(trajs, by_id), "by_domain": {}}
+        metrics = {"overall": compute_metrics(trajs, by_id, **ENV), "by_domain": {}}
         for d in ("math", "qa"):
-            metrics["by_domain"][d] = compute_metrics([t for t in trajs if by_id[t.example_id].domain == d], by_id)
+            metrics["by_domain"][d] = compute_metrics([t for t in trajs if by_id[t.example_id].domain == d], by_id, **ENV)
         write_eval(run / "eval" / policy, policy, trajs, metrics)
     write_run_results(run)
     return run
@@ -109,7 +110,7 @@ def test_intervals_are_wilson_for_shares_and_normal_for_means(real_run: Path):
     scores = [_traj(e, "seed", 0).score for e in _examples() if e.domain == "qa"]  # F1: not 0/1
     assert (qa_c.ci_low, qa_c.ci_high) == pytest.approx(mean_interval(scores))
     tp = df[(df.policy == "seed") & (df.domain == "all") & (df.metric == "tool_productivity")].iloc[0]
-    assert pd.isna(tp.ci_low) and tp.n == sum(_traj(e, "seed", 0).num_calls for e in _examples())
+    assert pd.isna(tp.ci_low) and tp.n == sum(_traj(e, "seed", 0).n_calls(GRAMMAR) for e in _examples())
 
 
 def test_per_benchmark_rows_when_a_domain_has_several_sources(real_run: Path):

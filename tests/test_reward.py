@@ -20,6 +20,7 @@ from etagent.rl.reward import (
     shaping_factors,
     sigma_schedule,
 )
+from run_env import ENV, GRAMMAR, grader
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -97,26 +98,26 @@ QA_EX = Example(id="q1", question="Capital of France?", answers=["Paris", "Paris
 def test_score_components_one_rollout():
     good = (
         "<think>multiply</think>" + protocol.format_call("python", "print(6*7)")
-        + protocol.format_result("42") + protocol.format_answer("42")
+        + GRAMMAR.format_result("42") + protocol.format_answer("42")
     )
-    c = score_components(good, MATH_EX, model_tokens=12)
+    c = score_components(good, MATH_EX, model_tokens=12, **ENV)
     assert c == {"correctness": 1.0, "n_calls": 1, "length": 12, "format_ok": True, "answer": "42"}
     bad = "<think>no answer tags</think> 42"
-    c = score_components(bad, MATH_EX, model_tokens=5)
+    c = score_components(bad, MATH_EX, model_tokens=5, **ENV)
     assert c["correctness"] == 0.0 and c["format_ok"] is False and c["n_calls"] == 0
     qa = protocol.format_answer("the city of Paris")
     # F1 vs "Paris": pred tokens [city, of, paris] (articles dropped) -> p=1/3, r=1 -> 0.5
-    assert score_components(qa, QA_EX, model_tokens=3)["correctness"] == pytest.approx(0.5)
-    assert score_components(qa, QA_EX, model_tokens=3, qa_metric="em")["correctness"] == 0.0
+    assert score_components(qa, QA_EX, model_tokens=3, **ENV)["correctness"] == pytest.approx(0.5)
+    assert score_components(qa, QA_EX, model_tokens=3, grader=grader("em"), grammar=GRAMMAR)["correctness"] == 0.0
 
 
 def test_group_score_uses_one_path():
     responses = [
-        "<think>t</think>" + protocol.format_call("python", "print(6*7)") + protocol.format_result("42")
+        "<think>t</think>" + protocol.format_call("python", "print(6*7)") + GRAMMAR.format_result("42")
         + protocol.format_answer("42"),
         "<think>t</think>" + protocol.format_answer("42"),
     ]
-    out = group_score(responses, MATH_EX, sigma_tool=0.2, sigma_len=0.5, lengths=[4, 4])
+    out = group_score(responses, MATH_EX, sigma_tool=0.2, sigma_len=0.5, lengths=[4, 4], **ENV)
     # calls [1, 0] mean 0.5, equal lengths: scores 2/(1+e^{0.1}), 2/(1+e^{-0.1})
     assert [o["score"] for o in out] == pytest.approx([0.950042, 1.049958], abs=1e-6)
 
@@ -132,19 +133,28 @@ def _traj(correct, calls, mask, ok=True):
 
 def test_reward_fn_from_trajectories_and_config():
     groups = [[_traj(1.0, 0, [1, 1, 0, 0]), _traj(1.0, 2, [1, 1, 0, 0])]]
-    fn = instantiate(OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / "efficiency.yaml")}).r)
+    node = OmegaConf.create({"grading": {"qa_metric": "f1"}, "r": OmegaConf.load(CONF / "reward" / "efficiency.yaml")}).r
+    fn = instantiate(node, grammar=GRAMMAR)
     assert isinstance(fn, RewardFn) and fn.length_source == "model_tokens" and fn.sigma_tool == 0.2
     comps = fn.components(groups)
     assert comps[0, :, 2].tolist() == [2.0, 2.0]  # model tokens exclude the masked result tokens
-    assert fn(comps, step=0, total_steps=3)[0].tolist() == pytest.approx([1.099668, 0.900332], abs=1e-5)
-    assert fn(comps, step=2, total_steps=3)[0].tolist() == pytest.approx([1.0, 1.0])  # sigma decayed to 0
-    assert RewardFn(length_source="all_tokens").components(groups)[0, :, 2].tolist() == [4.0, 4.0]
+    first, last = fn(groups, step=0, total_steps=3), fn(groups, step=2, total_steps=3)
+    assert first.rewards[0].tolist() == pytest.approx([1.099668, 0.900332], abs=1e-5)
+    assert (first.sigma_tool, first.sigma_len) == (0.2, 0.5) and torch.equal(first.components, comps)
+    assert last.rewards[0].tolist() == pytest.approx([1.0, 1.0]) and last.sigma_tool == 0.0  # sigma decayed to 0
+    # a stage's own sigma follows the same schedule
+    assert fn.sigmas(0, 3, {"sigma_tool": 0.4, "sigma_len": None}) == (0.4, 0.5)
+    assert fn.sigmas(1, 3, {"sigma_tool": 0.4}) == pytest.approx((0.2, 0.25))
+    assert RewardFn(grammar=GRAMMAR, length_source="all_tokens").components(groups)[0, :, 2].tolist() == [4.0, 4.0]
     from conftest import compose
 
-    base = instantiate(compose(["reward=correctness", "grading.qa_metric=f1"]).reward)  # a delta of efficiency
+    base = instantiate(compose(["reward=correctness", "grading.qa_metric=f1"]).reward, grammar=GRAMMAR)  # a delta
     assert base.mode == "correctness"
-    assert base(comps)[0].tolist() == [1.0, 1.0]
+    out = base(groups, step=0, total_steps=3, sigma0={"sigma_tool": 0.4})
+    assert out.rewards[0].tolist() == [1.0, 1.0] and (out.sigma_tool, out.sigma_len) == (0.0, 0.0)  # no shaping
     with pytest.raises(ValueError, match="reward.length_source"):
-        RewardFn(length_source="chars")
+        RewardFn(grammar=GRAMMAR, length_source="chars")
     with pytest.raises(ValueError, match="equal size"):
         fn.components([[groups[0][0]], groups[0]])
+    with pytest.raises(TypeError, match="grammar"):
+        RewardFn(mode="efficiency")  # the run's grammar counts the calls: required

@@ -14,6 +14,7 @@ from conftest import compose
 from etagent.rl.advantages import GroupNorm, LeaveOneOut
 from etagent.rl.algos import Algorithm
 from etagent.rl.losses import PPOClip
+from run_env import GRAMMAR
 
 _spec = importlib.util.spec_from_file_location("_curriculum_helpers", Path(__file__).with_name("test_curriculum.py"))
 C = importlib.util.module_from_spec(_spec)
@@ -109,7 +110,7 @@ def test_a_bad_algorithm_value_fails_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"rl\.algo\.loss\.agg"):
         validate(bad)  # at start-up, before any stage runs
     with pytest.raises(ConfigError, match="loss.agg"):
-        rl_components(bad)
+        rl_components(bad, GRAMMAR)
     with pytest.raises(ConfigError, match=r"unknown key `rl\.algo\.advantage\.eps`"):
         validate(compose(["rl/algo=rloo", "+rl.algo.advantage.eps=1"], run_dir=tmp_path))  # RLOO has no eps
 
@@ -134,15 +135,15 @@ def test_rloo_by_one_override_on_the_smoke_preset_trains_with_rloo(tmp_path, mon
     cfg = compose(["preset=smoke", "rl/algo=rloo", "rl.bf16=false",
                    "schedule.stages=[{steps:2,sample_questions:6,k:4,select:3}]"], run_dir=tmp_path)
     validate(cfg)  # the start-up check accepts the algo group's keys
-    schedule, rl, reward, make_trainer = rl_components(cfg)
+    schedule, rl, reward, make_trainer = rl_components(cfg, GRAMMAR)
     assert rl.algo.name == "rloo" and isinstance(rl.algo.advantage, LeaveOneOut)
     assert (rl.group_size, rl.prompts_per_step, len(schedule.stages)) == (4, 4, 1)  # smoke sizes
     policy = tmp_path / "seed"
-    tok = C.build_tokenizer(["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
+    tok = C.build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=["<python>print(1+2)</python> the answer is 3", "question 12 34"] * 20, vocab_size=300)
     C.H.tiny_model(vocab=len(tok)).save_pretrained(str(policy))
     tok.save_pretrained(str(policy))
     h = C.Harness()
-    summary = run_curriculum(policy, C.H.examples(10), [], schedule, rl, reward, AllSampler(), tmp_path / "rl",
+    summary = run_curriculum(policy, C.H.examples(10), [], schedule, rl, reward, AllSampler(qa_threshold=0.75), tmp_path / "rl",
                              None, None, make_engine=h.make_engine, load_fn=h.load_fn, make_trainer=make_trainer)
     assert summary["stages"][0]["steps"] == 2
     assert len(calls["rloo"]) == 2 and calls["grpo"] == 0  # both steps, only RLOO

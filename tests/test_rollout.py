@@ -20,6 +20,7 @@ from etagent.rollout.engine import RolloutEngine
 from etagent.tools.base import ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
 from etagent.tools.search import build_search_tool
+from run_env import GRADER, GRAMMAR
 
 TEXTS = [
     "What is 6*7? <think>multiply</think><python>print(6*7)</python><result>\n42\n</result>"
@@ -33,7 +34,7 @@ QA = Example(id="q1", question="Who wrote Dune?", answers=["Frank Herbert"], dom
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer(TEXTS, vocab_size=300)
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=TEXTS, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def check_invariants(t: Trajectory, backend_log, as_model_prefix=False):
     executed = [c for c in t.tool_calls]
     # every injected block decodes exactly to format_result(call.result), in call order
     injected = [tok_decode(t.response_ids[s:e], skip_special_tokens=False) for s, e, _ in results]
-    assert injected == [protocol.format_result(c.result) for c in executed]
+    assert injected == [GRAMMAR.format_result(c.result) for c in executed]
     for s, e, kind in segs:
         want = 1 if kind == "model" or (kind == "prefix" and as_model_prefix) else 0
         assert t.response_mask[s:e] == [want] * (e - s), (kind, t.response_mask[s:e])
@@ -142,7 +143,7 @@ def test_math_and_search_with_real_tools_rows_leave_batch(tok, tools):
                       ["<answer>\\boxed{Jane Austen}</answer>"]],
     }
     be = Scripted(tok, scripts)
-    eng = RolloutEngine(be, tools, system_prompt=None, max_result_chars=120)
+    eng = RolloutEngine(be, tools, GRADER, GRAMMAR, system_prompt=None, max_result_chars=120)
     trajs = eng.rollout([MATH, QA], n=2, params=SamplingParams(seed=0), group_prefix="r0/")
     assert [t.id for t in trajs] == ["r0/m1#0", "r0/m1#1", "r0/q1#0", "r0/q1#1"]
     assert [t.group_id for t in trajs] == ["r0/m1"] * 2 + ["r0/q1"] * 2
@@ -160,7 +161,7 @@ def test_math_and_search_with_real_tools_rows_leave_batch(tok, tools):
         check_invariants(t, be.log)
     # masked-out tokens decode exactly to the result blocks
     masked = tok.decode([i for i, m in zip(m0.response_ids, m0.response_mask) if m == 0], skip_special_tokens=False)
-    assert masked == protocol.format_result("42")
+    assert masked == GRAMMAR.format_result("42")
     assert eng.last_stats["tool_calls"] == 2 and eng.last_stats["generate_calls"] == 2
 
 
@@ -168,12 +169,12 @@ def test_budgets_per_kind_grace_extra_calls_and_tokens(tok, tools):
     calls = [f"<python>print({i})</python>" for i in range(5)]
     scripts = {MATH.question: [calls + ["<answer>\\boxed{42}</answer>"]]}
     be = Scripted(tok, scripts)
-    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2, budget_grace=2)
+    eng = RolloutEngine(be, tools, GRADER, GRAMMAR, budget="per_kind", max_calls_per_kind=2, budget_grace=2, system_prompt=None)
     (t,) = eng.rollout([MATH], 1, SamplingParams())
     assert [c.status for c in t.tool_calls] == ["ok", "ok", "budget", "budget"] and t.finish_reason == "budget"
     assert "budget exhausted" in t.tool_calls[2].result
     check_invariants(t, be.log)
-    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2, budget_grace=9)
+    eng = RolloutEngine(be, tools, GRADER, GRAMMAR, budget="per_kind", max_calls_per_kind=2, budget_grace=9, system_prompt=None)
     (t,) = eng.rollout([MATH], 1, SamplingParams())
     assert [c.status for c in t.tool_calls] == ["ok"] * 2 + ["budget"] * 3 and t.finish_reason == "answer"
     (t,) = eng.rollout([MATH], 1, SamplingParams(), extra_calls=3)  # flywheel extra budget
@@ -181,9 +182,9 @@ def test_budgets_per_kind_grace_extra_calls_and_tokens(tok, tools):
     # token budgets: a long turn is cut at max_turn_tokens / the response at max_response_tokens
     long = {MATH.question: [["<think>" + "blah " * 80 + "</think><answer>\\boxed{1}</answer>"]]}
     be2 = Scripted(tok, long)
-    (t,) = RolloutEngine(be2, tools, max_turn_tokens=500, max_response_tokens=30).rollout([MATH], 1, SamplingParams())
+    (t,) = RolloutEngine(be2, tools, GRADER, GRAMMAR, max_turn_tokens=500, max_response_tokens=30, system_prompt=None).rollout([MATH], 1, SamplingParams())
     assert t.finish_reason == "max_tokens" and len(t.response_ids) == 30
-    (t,) = RolloutEngine(be2, tools, max_turn_tokens=20, max_response_tokens=500).rollout([MATH], 1, SamplingParams())
+    (t,) = RolloutEngine(be2, tools, GRADER, GRAMMAR, max_turn_tokens=20, max_response_tokens=500, system_prompt=None).rollout([MATH], 1, SamplingParams())
     assert t.finish_reason == "max_tokens" and len(t.response_ids) == 20
     check_invariants(t, be2.log)
 
@@ -223,9 +224,10 @@ def test_malformed_output_never_crashes_and_ids_are_kept(tok, tools):
     scripts["Q code tag?"] = [["<code>print(1)</code> done<|endoftext|>"]]
     examples.append(Example(id="code", question="Q code tag?", answers=["42"], domain="math", source="t"))
     be = Scripted(tok, scripts)
-    # the default grammar knows <search> although this tool set lacks it (the tool set's own
-    # grammar would not parse it as a call: tests/test_tool_extension.py)
-    trajs = RolloutEngine(be, py_only, grammar=protocol.default_grammar()).rollout(examples, 1, SamplingParams())
+    # a misbuilt tool set that lacks a tool its grammar names (a rollout engine only accepts the
+    # run's grammar, equal to the tool set's): the call gets an error result, the rollout goes on
+    py_only.grammar = GRAMMAR
+    trajs = RolloutEngine(be, py_only, GRADER, GRAMMAR, system_prompt=None).rollout(examples, 1, SamplingParams())
     for (name, (_, status, needle)), t in zip(cases.items(), trajs):
         assert [c.status for c in t.tool_calls] == [status], name
         assert needle in t.tool_calls[0].result, (name, t.tool_calls[0].result)
@@ -245,24 +247,24 @@ def test_prefixes_continue_with_mask_choice_and_budget(tok, tools):
     scripts = {MATH.question: [["unused", "<python>print(1)</python>", "<answer>\\boxed{5}</answer>"]]}
     prefix = "<think>add</think><python>print(2+3)</python>"
     be = Scripted(tok, scripts)
-    eng = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=1, budget_grace=5)
+    eng = RolloutEngine(be, tools, GRADER, GRAMMAR, budget="per_kind", max_calls_per_kind=1, budget_grace=5, system_prompt=None)
     (t,) = eng.rollout([MATH], 1, SamplingParams(), prefixes=[prefix])
     # the prefix's trailing call ran before sampling; the sampled call is over budget (1 per kind)
     assert [(c.query, c.status) for c in t.tool_calls] == [("print(2+3)", "ok"), ("print(1)", "budget")]
-    assert t.tool_calls[0].result == "5" and t.response_text.startswith(prefix + protocol.format_result("5"))
+    assert t.tool_calls[0].result == "5" and t.response_text.startswith(prefix + GRAMMAR.format_result("5"))
     assert t.meta["segments"][0][2] == "prefix" and t.response_mask[0] == 0
     check_invariants(t, be.log)
     (t1,) = eng.rollout([MATH], 1, SamplingParams(), prefixes=[prefix], treat_prefix_as_model=True)
     check_invariants(t1, be.log, as_model_prefix=True)
     assert t1.response_mask[0] == 1
     # a prefix with its result already there: recorded, counted, masked, not re-run
-    done = prefix + protocol.format_result("5")
-    eng2 = RolloutEngine(be, tools, budget="per_kind", max_calls_per_kind=2)
+    done = prefix + GRAMMAR.format_result("5")
+    eng2 = RolloutEngine(be, tools, GRADER, GRAMMAR, budget="per_kind", max_calls_per_kind=2, system_prompt=None)
     (t2,) = eng2.rollout([MATH], 1, SamplingParams(), prefixes=[done])
     assert [(c.query, c.status) for c in t2.tool_calls] == [("print(2+3)", "ok"), ("print(1)", "ok")]
     assert t2.response_text.startswith(done) and t2.answer == "5"
     # a prefix already over the token budget ends at once; no examples -> no trajectories
-    (t3,) = RolloutEngine(be, tools, max_response_tokens=5).rollout([MATH], 1, SamplingParams(), prefixes=[done])
+    (t3,) = RolloutEngine(be, tools, GRADER, GRAMMAR, max_response_tokens=5, system_prompt=None).rollout([MATH], 1, SamplingParams(), prefixes=[done])
     assert t3.finish_reason == "max_tokens" and t3.response_text == done
     assert eng.rollout([], 2, SamplingParams()) == []
 
@@ -272,7 +274,7 @@ def test_entropy_branching_forks_after_tool_results_and_fills_groups(tok, tools)
                QA.question: [["<answer>\\boxed{Frank Herbert}</answer>"]]}
     be = Scripted(tok, scripts, entropy=lambda turn: 0.1 if turn == 0 else 2.0)
     brancher = EntropyBrancher(initial_rollouts=2, beam=2, branch_prob=0.0, entropy_weight=1.0, window=4, seed=0)
-    eng = RolloutEngine(be, tools, strategy="branching", branching=brancher)
+    eng = RolloutEngine(be, tools, GRADER, GRAMMAR, strategy="branching", branching=brancher, system_prompt=None)
     trajs = eng.rollout([MATH, QA], 4, SamplingParams(seed=1))
     math = [t for t in trajs if t.example_id == "m1"]
     assert len(math) == 4 and len({t.id for t in math}) == 4
@@ -309,13 +311,13 @@ def test_untrained_tiny_model_garbage_with_real_tools(tok, tools):
                 log.extend((list(p), c.ids) for c in comps)
             return out
 
-    eng = RolloutEngine(Recording(), tools, max_response_tokens=120, max_turn_tokens=60, max_calls_per_kind=3)
+    eng = RolloutEngine(Recording(), tools, GRADER, GRAMMAR, max_response_tokens=120, max_turn_tokens=60, max_calls_per_kind=3, system_prompt=None)
     exs = [MATH, QA, Example(id="m2", question="What is 2+2?", answers=["4"], domain="math", source="t")]
     trajs = eng.rollout(exs, 8, SamplingParams(seed=0))
     assert len(trajs) == 24
     for t in trajs:
         assert t.finish_reason in ("answer", "eos", "max_tokens", "budget", "stop")
-        assert len(t.response_ids) <= 120 + max((len(tok.encode(protocol.format_result(c.result))) for c in t.tool_calls), default=0)
+        assert len(t.response_ids) <= 120 + max((len(tok.encode(GRAMMAR.format_result(c.result))) for c in t.tool_calls), default=0)
         check_invariants(t, log)
     statuses = Counter(c.status for t in trajs for c in t.tool_calls)
     assert sum(statuses.values()) > 0  # garbage hits stop tags: invalid/error calls, and the rollouts carried on
@@ -330,8 +332,17 @@ def test_config_files_instantiate(tok, tools):
     be = Scripted(tok, {})
     for name in ("default", "branching"):
         cfg = compose([f"rollout={name}", "seed=3"])  # branching: a delta of rollout/default
-        eng = instantiate(cfg.rollout, backend=be, toolset=tools, system_prompt=None)
+        eng = instantiate(cfg.rollout, backend=be, toolset=tools, grader=GRADER, grammar=GRAMMAR, system_prompt=None)
         assert isinstance(eng, RolloutEngine) and eng.strategy == ("standard" if name == "default" else "branching")
     assert isinstance(eng.brancher, EntropyBrancher) and eng.brancher.seed == 3
     with pytest.raises(ValueError, match="rollout.strategy"):
-        RolloutEngine(be, tools, strategy="beam")
+        RolloutEngine(be, tools, GRADER, GRAMMAR, strategy="beam", system_prompt=None)
+    # the run's grader and grammar are required, and the grammar must be the tool set's
+    with pytest.raises(TypeError, match="grader.*grammar"):
+        RolloutEngine(be, tools, system_prompt=None)  # noqa
+    with pytest.raises(TypeError, match="etagent.grading.Grader"):
+        RolloutEngine(be, tools, lambda ex, ans: 1.0, GRAMMAR, system_prompt=None)
+    from etagent.protocol import Grammar
+
+    with pytest.raises(ValueError, match="not the run's"):
+        RolloutEngine(be, tools, GRADER, Grammar([GRAMMAR.tools[0]]), system_prompt=None)

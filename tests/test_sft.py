@@ -21,6 +21,7 @@ from etagent.train.checkpoint import list_checkpoints
 from etagent.report.report import truncation_warning
 from etagent.train.summary import sft_budget_summary
 from etagent.train.sft import LoraSettings, batch_nll_sum, masked_nll_sum, prepare_sequences
+from run_env import GRAMMAR
 
 ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=128)
 
@@ -28,7 +29,7 @@ ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 def _example(a: int, b: int) -> tuple[str, str]:
     q = f"What is {a}*{b}?"
     r = (f"<think>Use the tool.</think><python>print({a}*{b})</python>"
-         + protocol.format_result(str(a * b)) + protocol.format_answer(str(a * b)))
+         + GRAMMAR.format_result(str(a * b)) + protocol.format_answer(str(a * b)))
     return q, r
 
 
@@ -37,12 +38,12 @@ PAIRS = [_example(a, b) for a, b in [(123, 45), (67, 890), (12, 34), (999, 9), (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tokenizer([t for p in PAIRS for t in p] * 10, vocab_size=400)
+    return build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=[t for p in PAIRS for t in p] * 10, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
 def sequences(tokenizer):
-    return [from_text(tokenizer, build_prompt_ids(tokenizer, q), r, meta={"id": f"s{i}"}) for i, (q, r) in enumerate(PAIRS)]
+    return [from_text(tokenizer, build_prompt_ids(tokenizer, q), r, meta={"id": f"s{i}"}, grammar=GRAMMAR) for i, (q, r) in enumerate(PAIRS)]
 
 
 def _model(tokenizer, seed: int = 0):
@@ -89,16 +90,16 @@ def test_from_text_masks_prompt_and_results_and_trains_the_end_token(tokenizer, 
     assert tokenizer.decode(resp_ids, skip_special_tokens=False) == r + IM_END
     trained = tokenizer.decode([i for i, m in zip(resp_ids, resp_mask) if m], skip_special_tokens=False)
     masked = tokenizer.decode([i for i, m in zip(resp_ids, resp_mask) if not m], skip_special_tokens=False)
-    assert masked == protocol.format_result(str(123 * 45))  # exactly the injected block, tags included
+    assert masked == GRAMMAR.format_result(str(123 * 45))  # exactly the injected block, tags included
     assert "<result>" not in trained and trained.endswith("</answer>" + IM_END)
     # no end token when the response was cut before its answer
-    cut = from_text(tokenizer, prompt, "<python>print(1)</python>")
+    cut = from_text(tokenizer, prompt, "<python>print(1)</python>", grammar=GRAMMAR)
     assert cut.ids[-1] != im_end and len(cut) == len(prompt) + len(tokenizer.encode("<python>print(1)</python>", add_special_tokens=False))
 
 
 def test_from_trajectory_keeps_sampled_ids(tokenizer):
     prompt = build_prompt_ids(tokenizer, PAIRS[1][0])
-    ids, mask = protocol.encode_response(tokenizer, PAIRS[1][1])
+    ids, mask = GRAMMAR.encode_response(tokenizer, PAIRS[1][1])
     traj = Trajectory(id="t1", example_id="e1", group_id="e1", response_text=PAIRS[1][1],
                       prompt_ids=prompt, response_ids=ids, response_mask=mask)
     seq = from_trajectory(traj)
@@ -195,7 +196,7 @@ def test_sft_loss_falls(tokenizer, sequences, tmp_path):
     assert lrs[0] == pytest.approx(1e-3) and lrs[2] == pytest.approx(3e-3) and lrs[-1] < lrs[10]  # warm-up then cosine
     summary = json.loads((tmp_path / "final" / "sft_summary.json").read_text())
     assert summary["steps"] == 30 and summary["stopped"] == "completed"
-    loaded, tok = load_policy(tmp_path / "final", device="cpu")
+    loaded, tok = load_policy(tmp_path / "final", device="cpu", dtype="float32")
     ids = torch.tensor([sequences[0].ids])
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
@@ -218,7 +219,7 @@ def test_lora_trains_only_adapters_and_merges(tokenizer, sequences, tmp_path):
     summary = json.loads((tmp_path / "final" / "sft_summary.json").read_text())
     assert summary["trainable_params"] == ARCH["num_hidden_layers"] * 2 * 4 * (64 + 64)  # A and B of q and v
     assert not (tmp_path / "final" / "adapter_config.json").exists()
-    loaded, _ = load_policy(tmp_path / "final", device="cpu")
+    loaded, _ = load_policy(tmp_path / "final", device="cpu", dtype="float32")
     ids = torch.tensor([sequences[1].ids])
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
@@ -279,7 +280,7 @@ def test_time_budget_stops_cleanly_then_resume_finishes(tokenizer, sequences, tm
     summary = json.loads((tmp_path / "final" / "sft_summary.json").read_text())
     assert summary["stopped"] == "time_budget" and summary["steps"] < summary["total_steps"] == 4
     assert list_checkpoints(tmp_path / "checkpoints")  # saved where it stopped
-    load_policy(tmp_path / "final", device="cpu")  # a usable model even when cut short
+    load_policy(tmp_path / "final", device="cpu", dtype="float32")  # a usable model even when cut short
     # the pipeline's stage summary, log and report headline say the run is truncated
     with caplog.at_level(logging.WARNING, logger="etagent"):
         budget = sft_budget_summary(tmp_path / "final", "seed")
@@ -337,3 +338,24 @@ def test_bf16_autocast_and_gradient_checkpointing_train(tokenizer, sequences, tm
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss_tokens"] > 0 for r in rows)
     assert next(model.parameters()).dtype == torch.float32  # autocast: fp32 master weights
     assert not model.training
+
+
+def test_the_recipe_pieces_are_what_train_sft_runs(tokenizer, sequences, tmp_path):
+    """setup -> step ... -> evaluate -> save, driven by hand, gives train_sft's model and summary;
+    a finished run's setup loads it instead of training again."""
+    from etagent.train.sft import SFTRecipe
+
+    ref = train_sft(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "a")
+    recipe = SFTRecipe(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "b")
+    assert recipe.setup() and recipe.step_no == 0 and recipe.total_steps == 5
+    losses = []
+    while not recipe.done:
+        losses.append(recipe.step()["loss"])
+    assert len(losses) == 5 and recipe.evaluate()["steps"] == 5 and recipe.evaluate()["stopped"] == "completed"
+    model = recipe.save()
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
+    a, b = (json.loads((tmp_path / d / "final" / "sft_summary.json").read_text()) for d in ("a", "b"))
+    assert {k: v for k, v in a.items() if k != "elapsed_s"} == {k: v for k, v in b.items() if k != "elapsed_s"}
+    again = SFTRecipe(_model(tokenizer), tokenizer, sequences * 2, _cfg(max_steps=5), tmp_path / "b")
+    assert again.setup() is False and all(torch.equal(x, y) for x, y in zip(again.model.state_dict().values(),
+                                                                           model.state_dict().values()))

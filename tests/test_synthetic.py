@@ -19,6 +19,7 @@ from etagent.records import Example, read_jsonl
 from etagent.tools.base import ToolSet
 from etagent.tools.python_sandbox import PythonSandbox
 from etagent.tools.search import build_search_tool
+from run_env import DOMAINS
 
 
 def search_settings() -> dict:
@@ -39,7 +40,7 @@ def make_toolset(task: SyntheticTask, directory: Path, **search_kw) -> ToolSet:
 
 @pytest.fixture(scope="module")
 def task() -> SyntheticTask:
-    return SyntheticTask(seed=0)  # the default sizes: what the main job uses
+    return SyntheticTask(seed=0, domains=DOMAINS)  # the default sizes: what the main job uses
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,9 @@ def toolset(task, tmp_path_factory):
 
 
 def test_deterministic_by_seed():
-    a = SyntheticTask(seed=3, n_train=200, n_dev=50, n_test=50)
-    b = SyntheticTask(seed=3, n_train=200, n_dev=50, n_test=50)
-    c = SyntheticTask(seed=4, n_train=200, n_dev=50, n_test=50)
+    a = SyntheticTask(seed=3, n_train=200, n_dev=50, n_test=50, domains=DOMAINS)
+    b = SyntheticTask(seed=3, n_train=200, n_dev=50, n_test=50, domains=DOMAINS)
+    c = SyntheticTask(seed=4, n_train=200, n_dev=50, n_test=50, domains=DOMAINS)
     for split in SPLITS:
         assert [e.to_json() for e in a.load(split)] == [e.to_json() for e in b.load(split)]
     assert a.corpus_records() == b.corpus_records()
@@ -152,7 +153,7 @@ def test_knowledge_plans_find_gold_with_search(task, toolset):
 
 
 def test_entity_passages_suit_a_top1_search(tmp_path):
-    task = SyntheticTask(seed=2, n_train=300, n_dev=50, n_test=50, world={"passage_style": "entity"})
+    task = SyntheticTask(seed=2, n_train=300, n_dev=50, n_test=50, world={"passage_style": "entity"}, domains=DOMAINS)
     with make_toolset(task, tmp_path, top_k=1) as ts:
         _check_knowledge_plans(task, ts)
 
@@ -170,7 +171,7 @@ def test_corpus_is_well_formed(task):
 
 
 def test_write_is_atomic_resumable_and_roundtrips(tmp_path):
-    task = SyntheticTask(seed=1, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world"))
+    task = SyntheticTask(seed=1, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world"), domains=DOMAINS)
     paths = task.write()
     assert set(paths) == {"train", "dev", "test", "corpus"}
     for split in SPLITS:
@@ -178,20 +179,20 @@ def test_write_is_atomic_resumable_and_roundtrips(tmp_path):
     corpus = [json.loads(line) for line in open(paths["corpus"], encoding="utf-8")]
     assert corpus == task.corpus_records() and task.corpus_path == paths["corpus"]
     mtimes = {k: (tmp_path / "world" / f"{k}.jsonl").stat().st_mtime_ns for k in SPLITS}
-    SyntheticTask(seed=1, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world")).write()
+    SyntheticTask(seed=1, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world"), domains=DOMAINS).write()
     assert mtimes == {k: (tmp_path / "world" / f"{k}.jsonl").stat().st_mtime_ns for k in SPLITS}  # skipped
-    SyntheticTask(seed=2, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world")).write()
+    SyntheticTask(seed=2, n_train=60, n_dev=20, n_test=20, out_dir=str(tmp_path / "world"), domains=DOMAINS).write()
     assert mtimes != {k: (tmp_path / "world" / f"{k}.jsonl").stat().st_mtime_ns for k in SPLITS}  # rewritten
     assert not list((tmp_path / "world").glob("*.tmp"))
 
 
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="mix.*math_tol"):
-        SyntheticTask(mix={"math_tol": 1.0})
+        SyntheticTask(mix={"math_tol": 1.0}, domains=DOMAINS)
     with pytest.raises(ValueError, match="world.*n_persons"):
-        SyntheticTask(world={"n_persons": 3})
+        SyntheticTask(world={"n_persons": 3}, domains=DOMAINS)
     with pytest.raises(ValueError, match="split"):
-        SyntheticTask(n_train=5).load("validation")
+        SyntheticTask(n_train=5, domains=DOMAINS).load("validation")
 
 
 def test_config_file_instantiates(tmp_path):
@@ -199,10 +200,12 @@ def test_config_file_instantiates(tmp_path):
 
     from etagent.config import validate
 
-    cfg = OmegaConf.create({"seed": 0, "paths": {"run_dir": str(tmp_path)},
-                            "task": OmegaConf.load(CONF / "task" / "synthetic.yaml")})
+    from conftest import compose
+
+    cfg = compose(["task=synthetic"], run_dir=tmp_path)
     validate(cfg)
     task = instantiate(cfg.task)
+    assert set(task.domains) == {"math", "qa"} and task.domains["qa"].metric == "f1"  # the task names its domains
     assert isinstance(task, SyntheticTask) and task.corpus_path == str(tmp_path / "world" / "corpus.jsonl")
     assert task.sizes == {"train": 6000, "dev": 200, "test": 300}
 
@@ -217,9 +220,9 @@ def test_recall_table_size_is_configurable():
     with pytest.raises(ValueError, match="recall_max_operand"):
         math_tasks.recall_facts(10)
     small = SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10, recall_max_operand=5,
-                          world={"n_people": 40, "n_famous": 4, "n_cities": 10, "n_countries": 4})
+                          world={"n_people": 40, "n_famous": 4, "n_cities": 10, "n_countries": 4}, domains=DOMAINS)
     recall = [e for split in ("train", "dev", "test") for e in small.load(split) if e.meta["type"] == "math_recall"]
     assert recall and all(max(map(int, re.findall(r"\d+", e.question))) <= 5 for e in recall)
     assert small.fingerprint() != SyntheticTask(seed=0, n_train=200, n_dev=10, n_test=10, recall_max_operand=9,
                                                 world={"n_people": 40, "n_famous": 4, "n_cities": 10,
-                                                       "n_countries": 4}).fingerprint()
+                                                       "n_countries": 4}, domains=DOMAINS).fingerprint()

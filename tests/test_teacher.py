@@ -7,15 +7,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from etagent import grading, protocol
+from etagent import protocol
 from etagent.data.synthetic import SyntheticTask
 from etagent.seed.teacher import FLAWS, FlawedTeacher, FlawRates, summarize, write_teacher_trajectories
 from test_synthetic import make_toolset
+from run_env import DOMAINS, ENV, GRADER, GRAMMAR
 
 
 @pytest.fixture(scope="module")
 def task() -> SyntheticTask:
-    return SyntheticTask(seed=0)
+    return SyntheticTask(seed=0, domains=DOMAINS)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_texts_parse_and_results_are_real(task, toolset, default_trajs):
     examples = {e.id: e for e in task.load("train")}
     by_call: dict[tuple[str, str], str] = {}
     for t in default_trajs:
-        parsed = protocol.parse(t["response_text"])
+        parsed = GRAMMAR.parse(t["response_text"])
         # aborted calls still parse; the only grammar error allowed is an aborted empty search
         allowed = {"empty_call"} if any(c["role"] == "aborted" and c["kind"] == "search" for c in t["calls"]) else set()
         assert {e.code for e in parsed.errors} <= allowed, (t["response_text"], parsed.errors)
@@ -49,12 +50,12 @@ def test_texts_parse_and_results_are_real(task, toolset, default_trajs):
             assert by_call[(c["kind"], c["query"])] == r.render()  # same call, same result everywhere
         assert t["plan_ok"], t
         ex = examples[t["example_id"]]
-        score = grading.grade(ex, t["answer"])
+        score = GRADER.grade(ex, t["answer"])
         assert (score == 1.0) == t["correct"], (ex.question, ex.answers, t["answer"])
     # re-execute a sample of calls: every result block is the real tool's output
     sample = list(by_call)[:: max(1, len(by_call) // 200)]
     for call, res in zip(sample, toolset.execute(sample)):
-        assert by_call[call] == protocol.format_result(res.output)
+        assert by_call[call] == GRAMMAR.format_result(res.output)
 
 
 def test_flaws_are_what_they_claim(task, default_trajs):
@@ -161,11 +162,11 @@ def test_flaw_labels_agree_with_exact_behaviour_labelling(task, default_trajs):
     examples = {e.id: e for e in task.load("train")}
     for t in default_trajs:
         ex = examples[t["example_id"]]
-        results = [s.content.strip() for s in protocol.parse(t["response_text"]).segments if s.kind == protocol.RESULT]
+        results = [s.content.strip() for s in GRAMMAR.parse(t["response_text"]).segments if s.kind == protocol.RESULT]
         calls = [ToolCall(c["kind"], c["query"], r, c["status"]) for c, r in zip(t["calls"], results)]
         traj = Trajectory(id=t["id"], example_id=ex.id, group_id=ex.id, response_text=t["response_text"],
-                          tool_calls=calls, answer=t["answer"], score=grading.grade(ex, t["answer"]))
-        b = label_behaviour(traj, ex)
+                          tool_calls=calls, answer=t["answer"], score=GRADER.grade(ex, t["answer"]))
+        b = label_behaviour(traj, ex, **ENV)
         assert {f for f in FLAWS if b[f]} == set(t["flaws"]), (t["response_text"], b)
         assert b["n_redundant"] == sum(c["role"] == "redundant" for c in t["calls"])
         assert b["n_aborted"] == sum(c["role"] == "aborted" for c in t["calls"])
@@ -179,7 +180,7 @@ def test_teacher_restates_the_evidence_it_answers_from(task, toolset, default_tr
     assert right and wrong
     for t in right:
         ex = examples[t["example_id"]]
-        thoughts = [s.content for s in protocol.parse(t["response_text"]).segments if s.kind == "think"]
+        thoughts = [s.content for s in GRAMMAR.parse(t["response_text"]).segments if s.kind == "think"]
         # each needed hop's expected value is restated in a thought right after its result
         for step in ex.plan:
             if any(c["query"] == step.query and c["role"] == "needed" for c in t["calls"]):

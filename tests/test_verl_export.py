@@ -8,11 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etagent import protocol
 from etagent.data.benchmarks import load_examples
 from etagent.export.__main__ import main as cli_main
 from etagent.export.verl import DATA_SOURCES, export_from_run, export_verl, ids_path, read_verl
 from etagent.records import Example, write_jsonl
+from run_env import GRAMMAR
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,13 @@ def test_reference_file_follows_the_conventions_we_assert(reference):
 def test_export_has_exactly_the_reference_schema_and_value_types(tmp_path, shared_dir, reference):
     examples = _examples(shared_dir)
     out = tmp_path / "train.parquet"
-    assert export_verl(examples, out) == len(examples)
+    assert export_verl(examples, out, system_prompt=GRAMMAR.system_prompt) == len(examples)
     table = pq.read_table(out)
     _assert_same_types(table, reference)
     rows = table.to_pylist()
     _assert_value_conventions(rows, "train")
     assert {r["data_source"] for r in rows} == {"math_effi_rl", "qa_effi_rl"}
-    assert all(r["prompt"][0]["content"] == protocol.SYSTEM_PROMPT for r in rows)
+    assert all(r["prompt"][0]["content"] == GRAMMAR.system_prompt for r in rows)
     # aliases are kept as the ground-truth list, questions verbatim
     assert [r["reward_model"]["ground_truth"] for r in rows] == [e.answers for e in examples]
     assert [r["extra_info"]["question"] for r in rows] == [e.question for e in examples]
@@ -99,16 +99,17 @@ def test_options_system_prompt_data_source_start_index(tmp_path, shared_dir, ref
 
 def test_empty_export_keeps_the_schema(tmp_path, reference):
     out = tmp_path / "empty.parquet"
-    assert export_verl([], out) == 0
+    assert export_verl([], out, system_prompt=None) == 0
     assert pq.read_table(out).schema.equals(reference.schema)
 
 
 def test_bad_input_is_rejected(tmp_path):
     e = Example(id="a", question="q", answers=["1"], domain="math", source="s")
     with pytest.raises(ValueError, match="duplicate example id 'a'"):
-        export_verl([e, e], tmp_path / "d.parquet")
+        export_verl([e, e], tmp_path / "d.parquet", system_prompt=None)
     with pytest.raises(ValueError, match="has no gold answer"):
-        export_verl([Example(id="b", question="q", answers=[], domain="qa", source="s")], tmp_path / "e.parquet")
+        export_verl([Example(id="b", question="q", answers=[], domain="qa", source="s")], tmp_path / "e.parquet",
+                    system_prompt=None)
 
 
 # --------------------------------------------------------------------------- run dir
@@ -131,7 +132,7 @@ def _fake_run(tmp_path, shared_dir):
 
 def test_export_from_run_writes_one_file_per_stage(tmp_path, shared_dir, reference):
     run, ex = _fake_run(tmp_path, shared_dir)
-    written = export_from_run(run, tmp_path / "out" / "et.parquet")
+    written = export_from_run(run, tmp_path / "out" / "et.parquet", system_prompt=GRAMMAR.system_prompt)
     assert sorted(written) == [1, 2]
     assert written[1].name == "et_stage1.parquet" and written[2].name == "et_stage2.parquet"
     s1, s2 = (pq.read_table(written[k]) for k in (1, 2))
@@ -143,17 +144,17 @@ def test_export_from_run_writes_one_file_per_stage(tmp_path, shared_dir, referen
 def test_export_from_run_single_stage_and_errors(tmp_path, shared_dir):
     run, ex = _fake_run(tmp_path, shared_dir)
     out = tmp_path / "s2.parquet"
-    assert export_from_run(run, out, stage=2) == {2: out}
+    assert export_from_run(run, out, stage=2, system_prompt=None) == {2: out}
     assert len(pq.read_table(out)) == 3
     with pytest.raises(ValueError, match="stage 7 not found"):
-        export_from_run(run, out, stage=7)
+        export_from_run(run, out, stage=7, system_prompt=None)
     (run / "rl" / "stage_1" / "selection.json").write_text(json.dumps({"selected_ids": ["nope"]}))
     with pytest.raises(ValueError, match=r"selection\.json: 1 id\(s\) not in .*'nope'"):
-        export_from_run(run, out, stage=1)
+        export_from_run(run, out, stage=1, system_prompt=None)
     with pytest.raises(FileNotFoundError, match="no stage_<k>"):
-        export_from_run(run, out, rl_dir=tmp_path / "missing")
+        export_from_run(run, out, rl_dir=tmp_path / "missing", system_prompt=None)
     with pytest.raises(FileNotFoundError, match="training examples not found"):
-        export_from_run(tmp_path / "no_run", out)
+        export_from_run(tmp_path / "no_run", out, system_prompt=None)
 
 
 def test_cli(tmp_path, shared_dir, capsys, reference):

@@ -11,6 +11,7 @@ same question with the same Hydra config (ids, mask, log-probs), with tool resul
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -23,13 +24,15 @@ from verl.workers.rollout.replica import TokenOutput
 from verl_pkg_support import MATH, QA, tiny_policy, verl_config, write_corpus
 
 from etagent import protocol
-from etagent.backends.base import EOS, SamplingParams
+from etagent.backends.base import EOS, SamplingParams, find_stop
 from etagent.backends.hf import HFBackend
 from etagent.export.verl import export_verl
 from etagent.export.verl_agent_loop import AGENT_NAME, compose_etagent
 from etagent.models.factory import load_policy
 from etagent.records import BUDGET, OK
+from etagent.runenv import RunEnv
 from etagent.tools import build_toolset
+from run_env import GRAMMAR
 
 RESPONSE_LEN, PROMPT_LEN = 160, 256
 
@@ -66,12 +69,12 @@ def setup(tmp_path_factory):
     toolset = build_toolset(compose_etagent(overrides).tools)
     policy = tiny_policy(tmp / "policy", toolset)
     parquet = tmp / "rl.parquet"
-    export_verl([MATH, QA], parquet)
+    export_verl([MATH, QA], parquet, system_prompt=GRAMMAR.system_prompt)
     yield {"tmp": tmp, "overrides": overrides, "toolset": toolset, "policy": policy, "parquet": parquet}
     toolset.close()
 
 
-def _worker(setup, extra: list[str], backend: HFBackend):
+def _worker(setup, extra: list[str], backend: HFBackend | None, server=None):
     registry = setup["tmp"] / f"agent_loops_{len(extra)}.yaml"
     ov = setup["overrides"] + extra
     registry.write_text(
@@ -89,18 +92,18 @@ def _worker(setup, extra: list[str], backend: HFBackend):
         f"data.max_prompt_length={PROMPT_LEN}", "data.return_raw_chat=true",
         f"+data.cache_dir={setup['tmp'] / 'verl_cache'}", "data.filter_overlong_prompts_workers=1",
     ])
-    server = FakeServer(backend)
+    server = server or FakeServer(backend)
     return cfg, AgentLoopWorker(cfg, llm_client=server), server
 
 
-def _verl_rollout(setup, extra: list[str], backend: HFBackend):
-    cfg, worker, server = _worker(setup, extra, backend)
+def _verl_rollout(setup, extra: list[str], backend: HFBackend | None, server=None):
+    cfg, worker, server = _worker(setup, extra, backend, server)
     tok = worker.tokenizer
     ds = RLHFDataset([str(setup["parquet"])], tok, cfg.data)
     batch = DataProto.from_single_dict(collate_fn([ds[i] for i in range(len(ds))]))
     batch.meta_info["validate"] = True  # verl's greedy path: val_kwargs.temperature=0
     out = asyncio.run(worker.generate_sequences(batch))
-    return out, server
+    return out, server, tok
 
 
 def _row(out: DataProto, i: int):
@@ -117,7 +120,8 @@ def _row(out: DataProto, i: int):
 
 def _reference(setup, extra: list[str], backend: HFBackend):
     cfg = compose_etagent(setup["overrides"] + extra)
-    eng = instantiate(cfg.rollout, backend=backend, toolset=setup["toolset"], system_prompt=protocol.SYSTEM_PROMPT,
+    eng = instantiate(cfg.rollout, backend=backend, toolset=setup["toolset"], grader=RunEnv.from_config(cfg).grader,
+                      grammar=setup["toolset"].grammar, system_prompt=GRAMMAR.system_prompt,
                       max_response_tokens=RESPONSE_LEN)
     return eng.rollout([MATH, QA], 1, SamplingParams(temperature=0.0, seed=0))
 
@@ -131,13 +135,13 @@ def _budget_override(setup) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [False, True], ids=["default", "no_calls_allowed"])
 def test_agent_loop_equals_rollout_engine(setup, budget):
-    model, tok = load_policy(setup["policy"], device="cpu")
+    model, tok = load_policy(setup["policy"], device="cpu", dtype="float32")
     backend = HFBackend(model, tok, batch_size=4)
     extra = _budget_override(setup) if budget else []
-    out, server = _verl_rollout(setup, extra, backend)
+    out, server, _ = _verl_rollout(setup, extra, backend)
     ref = _reference(setup, extra, backend)
     assert len(out) == len(ref) == 2 and server.requests
-    assert all(r["stop"] == list(protocol.STOP_STRINGS) and r["temperature"] == 0 for r in server.requests)
+    assert all(r["stop"] == list(GRAMMAR.stop_strings) and r["temperature"] == 0 for r in server.requests)
     for i, t in enumerate(ref):
         row = _row(out, i)
         eos = [tok.eos_token_id] if t.finish_reason == "eos" else []  # verl keeps the eos token
@@ -148,9 +152,9 @@ def test_agent_loop_equals_rollout_engine(setup, budget):
         # (float noise: the engine batches both questions, padded; the server sees one at a time)
         model_pos = [k for k, m in enumerate(t.response_mask[:RESPONSE_LEN]) if m]
         assert [row["logprobs"][k] for k in model_pos] == pytest.approx([t.logprobs[k] for k in model_pos], abs=1e-3)
-        # the reward's inputs: exact model-token count and executed calls
+        # the reward's inputs: exact model-token count; and the calls that ran
         assert out.non_tensor_batch["model_tokens"][i] == sum(row["mask"])
-        assert out.non_tensor_batch["n_calls"][i] == len([c for c in t.tool_calls if c.status != BUDGET])
+        assert out.non_tensor_batch["n_executed"][i] == t.n_executed
         assert out.non_tensor_batch["finish_reason"][i] == t.finish_reason
         assert t.tool_calls, "the tiny policy must call a tool (else nothing here is tested)"
         if budget:  # the call over budget is refused, as in the engine
@@ -160,8 +164,47 @@ def test_agent_loop_equals_rollout_engine(setup, budget):
             assert len(results) == len(t.tool_calls) >= 1
             for (s, e), call in zip(results, t.tool_calls):
                 assert row["mask"][s:e] == [0] * (e - s)
-                assert tok.decode(row["ids"][s:e], skip_special_tokens=False) == protocol.format_result(call.result)
+                assert tok.decode(row["ids"][s:e], skip_special_tokens=False) == GRAMMAR.format_result(call.result)
             assert t.finish_reason == "answer" and t.score == 1.0
     # verl's padding: mask 0 beyond each response, prompts left-padded
     assert out.batch["responses"].shape == (2, RESPONSE_LEN) and out.batch["prompts"].shape == (2, PROMPT_LEN)
     assert torch.equal(out.batch["response_mask"] * out.batch["attention_mask"][:, PROMPT_LEN:], out.batch["response_mask"])
+
+
+class ScriptedServer:
+    """verl's server interface answering turn k (k = result blocks so far) with ``turns[k]``, cut
+    after the first of the request's stop strings (kept, as vLLM does): a missing stop string shows."""
+
+    def __init__(self, tokenizer, turns: list[str]):
+        self.tok, self.turns = tokenizer, turns
+        self.requests: list[dict] = []
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
+        self.requests.append(dict(sampling_params))
+        response = self.tok.decode(list(prompt_ids), skip_special_tokens=False).split("<|im_start|>assistant\n", 1)[1]
+        turn = self.turns[min(response.count("</result>"), len(self.turns) - 1)]
+        hit = find_stop(turn, tuple(sampling_params["stop"]))
+        ids = self.tok.encode(turn[: hit[0]] if hit else turn, add_special_tokens=False)
+        return TokenOutput(token_ids=ids + ([] if hit else [self.tok.eos_token_id]), log_probs=None,
+                           stop_reason="completed")
+
+
+TOOL_CONF = Path(__file__).resolve().parent / "tool_conf"
+
+
+def test_agent_loop_stops_on_and_dispatches_a_configured_tool(setup):
+    """A calculator added as class + YAML node (tests/tool_conf): the loop's stop strings come from the
+    tool config it receives, so the server stops after </calculator> and the calculator runs."""
+    from etagent.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(setup["policy"])
+    turns = ["<think>multiply</think><calculator>6*7</calculator> never sampled",
+             "<think>done</think><answer>The answer is \\boxed{42}</answer>"]
+    extra = [f"hydra.searchpath=[file://{TOOL_CONF}]", "tools=with_calculator"]
+    out, server, tok = _verl_rollout(setup, extra, None, ScriptedServer(tok, turns))
+    assert server.requests and all("</calculator>" in r["stop"] for r in server.requests)
+    for i in range(len(out)):
+        row = _row(out, i)
+        text = tok.decode(row["ids"], skip_special_tokens=False)
+        assert "<calculator>6*7</calculator><result>\n42\n</result>" in text and "never sampled" not in text
+        assert out.non_tensor_batch["n_executed"][i] == 1 and out.non_tensor_batch["finish_reason"][i] == "answer"

@@ -13,11 +13,11 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 from verl_pkg_support import verl_config
 
-from etagent import protocol
 from etagent.export.verl import DATA_SOURCES, export_verl, read_verl
 from etagent.models.prompting import build_prompt_ids
 from etagent.models.tokenizer import build_tokenizer
 from etagent.records import Example
+from run_env import GRAMMAR
 
 EXAMPLES = [
     Example(id="m1", question="What is 6*7?", answers=["42"], domain="math", source="t"),
@@ -39,14 +39,14 @@ def _dataset(path, tok_dir, tmp, max_len: int):
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
-    texts = [e.question for e in EXAMPLES] + [protocol.SYSTEM_PROMPT]
-    build_tokenizer(texts * 10, vocab_size=300).save_pretrained(d)
+    texts = [e.question for e in EXAMPLES] + [GRAMMAR.system_prompt]
+    build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=texts * 10, vocab_size=300).save_pretrained(d)
     return d
 
 
 def test_rlhf_dataset_loads_exported_parquet(tmp_path, tok_dir):
     path = tmp_path / "train.parquet"
-    export_verl(EXAMPLES, path, start_index=5)
+    export_verl(EXAMPLES, path, start_index=5, system_prompt=GRAMMAR.system_prompt)
     ds, tok = _dataset(path, tok_dir, tmp_path, max_len=1024)
     assert len(ds) == len(EXAMPLES)  # nothing dropped by verl's filter
     builder = create_continuous_token_builder(tok, hf_model_type="qwen2")
@@ -54,7 +54,7 @@ def test_rlhf_dataset_loads_exported_parquet(tmp_path, tok_dir):
         row = ds[i]
         assert [m["role"] for m in row["raw_prompt"]] == ["system", "user"]
         ids = builder.build_initial_tokens(list(row["raw_prompt"]))
-        assert ids and ids == build_prompt_ids(tok, ex.question, protocol.SYSTEM_PROMPT)
+        assert ids and ids == build_prompt_ids(tok, ex.question, GRAMMAR.system_prompt)
         assert row["data_source"] == DATA_SOURCES[ex.domain] and row["ability"] == ex.domain
         assert list(row["reward_model"]["ground_truth"]) == ex.answers and row["reward_model"]["style"] == "rule"
         info = row["extra_info"]
@@ -66,7 +66,7 @@ def test_rlhf_dataset_loads_exported_parquet(tmp_path, tok_dir):
 def test_rlhf_dataset_filter_is_real(tmp_path, tok_dir):
     """The length filter above did run: a budget below the prompt length drops every row."""
     path = tmp_path / "train.parquet"
-    export_verl(EXAMPLES, path)
+    export_verl(EXAMPLES, path, system_prompt=GRAMMAR.system_prompt)
     ds, _ = _dataset(path, tok_dir, tmp_path, max_len=8)
     assert len(ds) == 0
 

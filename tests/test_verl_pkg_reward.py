@@ -23,18 +23,18 @@ from verl.trainer.ppo import core_algos, ray_trainer
 from verl_pkg_support import verl_config
 
 import etagent.export.verl_reward as verl_reward
-from etagent import protocol
 from etagent.export.verl import DATA_SOURCES
 from etagent.models.prompting import build_prompt_ids
 from etagent.models.tokenizer import build_tokenizer
 from etagent.records import Example
 from etagent.rl.reward import RewardFn, reward_components, score_components
+from run_env import ENV, GRAMMAR
 
 REWARD_PY = Path(verl_reward.__file__)
 MATH = Example(id="m1", question="What is 6*7?", answers=["42"], domain="math", source="t")
 QA = Example(id="q1", question="Who wrote Dune?", answers=["Frank Herbert"], domain="qa", source="t")
-PY = "<python>print(6*7)</python>" + protocol.format_result("42")
-SE = "<search>Dune author</search>" + protocol.format_result("Dune was written by Frank Herbert.")
+PY = "<python>print(6*7)</python>" + GRAMMAR.format_result("42")
+SE = "<search>Dune author</search>" + GRAMMAR.format_result("Dune was written by Frank Herbert.")
 GROUPS = [  # four rollouts per question: calls, lengths, correctness and format differ
     (MATH, [
         f"<think>multiply</think>{PY}<answer>The answer is \\boxed{{42}}</answer>",
@@ -56,7 +56,7 @@ SIGMA_TOOL, SIGMA_LEN = 0.3, 0.5
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("verl_reward")
     texts = [r for _, rs in GROUPS for r in rs] + [MATH.question, QA.question]
-    tok = build_tokenizer(texts * 10, vocab_size=300)
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=texts * 10, vocab_size=300)
     tok.save_pretrained(tmp / "tok")
     cfg = verl_config([
         f"actor_rollout_ref.model.path={tmp / 'tok'}", "actor_rollout_ref.rollout.name=vllm",
@@ -70,7 +70,7 @@ def env(tmp_path_factory):
 def _sample(tok, ex: Example, text: str, index: int) -> DataProto:
     """One rollout as verl's agent loop hands it to the reward loop."""
     prompt = build_prompt_ids(tok, ex.question, None)
-    ids, mask = protocol.encode_response(tok, text)
+    ids, mask = GRAMMAR.encode_response(tok, text)
     seq = torch.tensor([prompt + ids])
     batch = TensorDict({
         "prompts": torch.tensor([prompt]), "responses": torch.tensor([ids]), "input_ids": seq,
@@ -91,12 +91,12 @@ def _sample(tok, ex: Example, text: str, index: int) -> DataProto:
 
 def _expected(tok, ex: Example, texts: list[str], mode: str, sigma_tool=0.0, sigma_len=0.0) -> list[float]:
     """etagent's RewardFn on one group (exact model-token lengths, as the agent loop reports)."""
-    comps = [score_components(t, ex, model_tokens=sum(protocol.encode_response(tok, t)[1])) for t in texts]
+    comps = [score_components(t, ex, model_tokens=sum(GRAMMAR.encode_response(tok, t)[1]), **ENV) for t in texts]
     t = reward_components([[c["correctness"] for c in comps]], [[c["n_calls"] for c in comps]],
                           [[c["length"] for c in comps]], [[float(c["format_ok"]) for c in comps]],
                           dtype=torch.float64)
-    fn = RewardFn(mode=mode, sigma_tool=sigma_tool, sigma_len=sigma_len, schedule="constant")
-    return fn(t)[0].tolist()
+    fn = RewardFn(grammar=GRAMMAR, mode=mode, sigma_tool=sigma_tool, sigma_len=sigma_len, schedule="constant")
+    return fn.shape(t, *fn.sigmas(0, 1))[0].tolist()
 
 
 def test_reward_loop_scores_each_sample_like_etagent(env):
@@ -109,10 +109,10 @@ def test_reward_loop_scores_each_sample_like_etagent(env):
         assert [o["reward_score"] for o in outs] == pytest.approx(want)
         for o, t in zip(outs, texts):
             info = o["reward_extra_info"]
-            c = score_components(t, ex)
+            c = score_components(t, ex, **ENV)
             assert info["correctness"] == c["correctness"] and info["acc"] == c["correctness"]
             assert info["n_calls"] == c["n_calls"] and info["format_ok"] == float(c["format_ok"])
-            assert info["model_tokens"] == sum(protocol.encode_response(tok, t)[1])  # the loop's exact count
+            assert info["model_tokens"] == sum(GRAMMAR.encode_response(tok, t)[1])  # the loop's exact count
 
 
 def test_etagent_estimator_shapes_groups_like_reward_fn(env):

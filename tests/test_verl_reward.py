@@ -15,6 +15,7 @@ from etagent.export import verl_reward
 from etagent.export.verl_reward import compute_score, compute_score_batch, shape_group_scores
 from etagent.records import Example, Trajectory
 from etagent.rl.reward import RewardFn, group_score
+from run_env import ENV, GRADER, GRAMMAR
 
 TOOL = "<think>compute</think><python>print(6*7)</python><result>\n42\n</result>"
 RIGHT = TOOL + "<answer>The answer is \\boxed{42}</answer>"
@@ -65,7 +66,7 @@ def test_compute_score_matches_etagent_single_rollout_reward():
     ex = Example(id="m", question="6*7?", answers=["42"], domain="math", source="t")
     for text in (RIGHT, WRONG, SHORT, TWO_CALLS, NO_TAGS, ""):
         ours = compute_score("math_effi_rl", text, ["42"])
-        theirs = group_score([text], ex, sigma_tool=0.2, sigma_len=0.5, mode="correctness")[0]
+        theirs = group_score([text], ex, sigma_tool=0.2, sigma_len=0.5, mode="correctness", **ENV)[0]
         assert ours["score"] == pytest.approx(theirs["score"])
         assert (ours["n_calls"], ours["model_tokens"]) == (theirs["n_calls"], theirs["length"])
 
@@ -77,22 +78,22 @@ def test_model_tokens_sources(tmp_path):
     # exact count with a tokenizer given by path (verl: reward_kwargs.tokenizer_path)
     from etagent.models.tokenizer import build_tokenizer, save_tokenizer
 
-    tok = build_tokenizer([RIGHT, TWO_CALLS, WRONG] * 20, vocab_size=300)
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=[RIGHT, TWO_CALLS, WRONG] * 20, vocab_size=300)
     save_tokenizer(tok, tmp_path / "tok")
     r = compute_score("math_effi_rl", TWO_CALLS, ["42"], tokenizer_path=str(tmp_path / "tok"))
-    ids, mask = protocol.encode_response(tok, TWO_CALLS)
+    ids, mask = GRAMMAR.encode_response(tok, TWO_CALLS)
     assert r["model_tokens"] == protocol.model_token_length(mask) < len(ids)
 
 
 def _trajectory(text: str, ex: Example, length: int, tid: str) -> Trajectory:
-    answer = grading.block_answer(text)  # as the rollout engine credits it
+    answer = grading.block_answer(text, GRAMMAR)  # as the rollout engine credits it
     return Trajectory(
         id=tid, example_id=ex.id, group_id=ex.id, response_text=text,
         response_ids=list(range(length)), response_mask=[1] * length,
         tool_calls=[{"kind": s.kind, "query": s.content, "result": "", "status": "ok"}
-                    for s in protocol.parse(text).calls()],
-        answer=answer, score=grading.grade(ex, answer),
-        format_errors=[e.code for e in protocol.validate(text)],
+                    for s in GRAMMAR.parse(text).calls()],
+        answer=answer, score=GRADER.grade(ex, answer),
+        format_errors=[e.code for e in GRAMMAR.validate(text)],
     )
 
 
@@ -109,8 +110,8 @@ def test_batch_matches_etagent_reward_on_the_same_rollouts():
             g.append(_trajectory(text, ex, length, f"{ex.id}-{j}"))
             flat.append((qi, text, length, len(g) - 1))
         groups.append(g)
-    fn = RewardFn(mode="efficiency", sigma_tool=0.2, sigma_len=0.5, schedule="constant")
-    expected = fn(fn.components(groups)).tolist()
+    fn = RewardFn(grammar=GRAMMAR, mode="efficiency", sigma_tool=0.2, sigma_len=0.5, schedule="constant")
+    expected = fn(groups).rewards.tolist()
     rng.shuffle(flat)  # verl batches need not keep groups contiguous
     out = compute_score_batch(
         ["math_effi_rl"] * len(flat),
@@ -122,8 +123,8 @@ def test_batch_matches_etagent_reward_on_the_same_rollouts():
     for (qi, _, _, j), r in zip(flat, out):
         assert r["score"] == pytest.approx(expected[qi][j], abs=1e-5)
     # correctness mode == the baseline reward
-    base = RewardFn(mode="correctness", sigma_tool=0.0, sigma_len=0.0, schedule="constant")
-    expected = base(base.components(groups)).tolist()
+    base = RewardFn(grammar=GRAMMAR, mode="correctness", sigma_tool=0.0, sigma_len=0.0, schedule="constant")
+    expected = base(groups).rewards.tolist()
     out = compute_score_batch(["math_effi_rl"] * len(flat), [f[1] for f in flat], [["42"]] * len(flat),
                               [{"index": f[0], "model_tokens": f[2]} for f in flat], mode="correctness")
     for (qi, _, _, j), r in zip(flat, out):

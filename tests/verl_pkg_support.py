@@ -19,6 +19,7 @@ from etagent.models.factory import ModelSpec, build_scratch_model
 from etagent.models.prompting import build_prompt_ids
 from etagent.models.tokenizer import build_tokenizer
 from etagent.records import Example
+from run_env import GRAMMAR
 
 MATH = Example(id="m1", question="What is 6*7?", answers=["42"], domain="math", source="t")
 QA = Example(id="q1", question="Who wrote Dune?", answers=["Frank Herbert"], domain="qa", source="t")
@@ -51,7 +52,7 @@ def write_corpus(path: Path) -> Path:
 
 def trajectory_text(ex: Example, results: list[str]) -> str:
     """The response the policy is taught: think, calls with their results, answer."""
-    calls = "".join(protocol.format_call(k, q) + protocol.format_result(r) for (k, q), r in zip(SCRIPTS[ex.id], results))
+    calls = "".join(protocol.format_call(k, q) + GRAMMAR.format_result(r) for (k, q), r in zip(SCRIPTS[ex.id], results))
     return f"<think>use a tool</think>{calls}<answer>{ANSWERS[ex.id]}</answer>"
 
 
@@ -59,13 +60,13 @@ def tiny_policy(out: Path, toolset, steps: int = 120) -> Path:
     """Save a tiny policy that greedily reproduces :func:`trajectory_text` for MATH and QA."""
     results = {ex.id: [r.output.strip() for r in toolset.execute(list(SCRIPTS[ex.id]))] for ex in (MATH, QA)}
     texts = [trajectory_text(ex, results[ex.id]) for ex in (MATH, QA)]
-    corpus = texts + [protocol.SYSTEM_PROMPT, MATH.question, QA.question] + [d["text"] for d in DOCS]
-    tok = build_tokenizer(corpus * 20, vocab_size=400)
+    corpus = texts + [GRAMMAR.system_prompt, MATH.question, QA.question] + [d["text"] for d in DOCS]
+    tok = build_tokenizer(tag_tokens=GRAMMAR.tag_tokens, texts=corpus * 20, vocab_size=400)
     torch.manual_seed(0)
     model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=0)
     seqs = []
     for ex, text in zip((MATH, QA), texts):
-        prompt = build_prompt_ids(tok, ex.question, protocol.SYSTEM_PROMPT)
+        prompt = build_prompt_ids(tok, ex.question, GRAMMAR.system_prompt)
         ids = prompt + tok.encode(text, add_special_tokens=False)
         labels = [-100] * len(prompt) + ids[len(prompt):]
         seqs.append((torch.tensor([ids]), torch.tensor([labels])))

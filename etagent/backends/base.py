@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from etagent import protocol
+from typing import Any, ClassVar
 
 STOP, LENGTH, EOS = "stop", "length", "eos"
 FINISH_REASONS = (STOP, LENGTH, EOS)
+#: what a backend does with a policy (``GenerationBackend.kind``): ``hf`` runs the trainer's own
+#: in-process module, ``vllm`` loads (and reloads) a checkpoint directory, ``server`` serves weights
+#: that never follow a trainer (openai-compatible HTTP)
+BACKEND_KINDS = ("hf", "vllm", "server")
 
 
 @dataclass
@@ -40,7 +42,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    stop: tuple[str, ...] = protocol.STOP_STRINGS
+    # the rollout engine adds its grammar's stop strings (call closers, ``</answer>``) to these
+    stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = True
 
@@ -78,8 +81,12 @@ class Completion:
 
 
 class GenerationBackend(ABC):
-    """Samples continuations of token-id prefixes. ``tokenizer`` is the policy's tokenizer."""
+    """Samples continuations of token-id prefixes. ``tokenizer`` is the policy's tokenizer.
 
+    ``kind`` (one of :data:`BACKEND_KINDS`) is a class attribute, so the run environment knows
+    how to hand a backend its policy from the configured ``_target_`` without building it."""
+
+    kind: ClassVar[str] = "server"
     tokenizer: Any = None
 
     @abstractmethod

@@ -104,6 +104,8 @@ class HFBackend(GenerationBackend):
     ``kv_reuse`` / ``kv_reuse_max_mb``: continue tool turns from the stored KV (module docstring).
     """
 
+    kind = "hf"
+
     def __init__(self, model: Any = None, tokenizer: Any = None, batch_size: int = 64, dtype: str = "auto",
                  device: str = "auto", cache_impl: Literal["static", "dynamic"] = "static", eos_token_ids: list[int] | None = None,
                  kv_reuse: bool = True, kv_reuse_max_mb: float = 1024):

@@ -37,6 +37,8 @@ _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class OpenAIBackend(GenerationBackend):
+    kind = "server"
+
     def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str = "OPENAI_API_KEY",
                  model: str = "policy", tokenizer: Any = None, max_concurrency: int = 32, timeout_s: float = 120.0,
                  max_retries: int = 3, backoff_s: float = 0.5, prompt_format: Literal["ids", "text"] = "ids",

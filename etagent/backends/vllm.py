@@ -41,6 +41,8 @@ def _import_vllm():
 
 
 class VLLMBackend(GenerationBackend):
+    kind = "vllm"
+
     def __init__(self, model: str | None = None, tokenizer: Any = None, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, max_model_len: int | None = 4096, dtype: str = "auto", seed: int = 0,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, llm_kwargs: dict | None = None):

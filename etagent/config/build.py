@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from etagent.config.errors import ConfigError
 
 
 def build(node: DictConfig | dict, key: str = "", **overrides: Any) -> Any:
-    from etagent.config.validate import ConfigError
-
     if node is None:
         return None
     try:
@@ -22,7 +22,3 @@ def build(node: DictConfig | dict, key: str = "", **overrides: Any) -> Any:
 def build_partial(node: DictConfig | dict, key: str = "") -> Any:
     """A factory for nodes that need runtime arguments (e.g. a tool that needs the corpus)."""
     return build(node, key, _partial_=True)
-
-
-def to_container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -30,7 +30,8 @@ class RootSchema:
 
 @dataclasses.dataclass
 class GradingSchema:
-    """``grading``: the one grading policy (etagent.grading.GradingPolicy)."""
+    """``grading``: the run's success policy (with ``task.domains``: etagent.grading.Grader, built by
+    etagent.runenv.RunEnv)."""
 
     qa_metric: QAMetric = "f1"
     qa_threshold: float = 0.75
@@ -40,7 +41,7 @@ class GradingSchema:
 class PromptsSchema:
     """``prompts``: prompt text overrides."""
 
-    system: str | None = None  # null = etagent.protocol.SYSTEM_PROMPT
+    system: str | None = None  # null = the configured tools' grammar prompt (etagent.protocol.Grammar.system_prompt)
 
 
 @dataclasses.dataclass

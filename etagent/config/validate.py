@@ -20,15 +20,13 @@ from typing import Any, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from etagent.config.errors import ConfigError
 from etagent.config.schema import COLLECTIONS, OVERRIDES_OF, SECTIONS, RootSchema
 from etagent.pipeline.registry import STAGE_NAMES
 
+__all__ = ["ConfigError", "STAGES", "validate"]
 STAGES = STAGE_NAMES  # etagent.pipeline.registry, the one stage list
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the dotted key."""
 
 
 def _locate(path: str, key: str):

@@ -13,9 +13,10 @@ Ids are ``f"{source}-{row id}"`` when the row has an id, else ``f"{source}-{line
 use small integers) and stable across runs. The raw row id is kept in ``meta['row_id']``.
 
 Task objects share one interface with the synthetic task: ``.name``, ``.domain``,
-``.metric`` and ``.load(split) -> list[Example]``. Benchmarks are evaluation-only, so
-they only have the ``test`` split; each loaded example carries its task's metric in
-``meta['metric']`` (``grading.grade`` uses it when no metric is passed).
+``.metric``, ``.domains`` (the task node's answer-domain rules, :class:`etagent.grading.DomainRule`)
+and ``.load(split) -> list[Example]``. Benchmarks are evaluation-only, so they only have the
+``test`` split; each loaded example carries its task's metric in ``meta['metric']`` (the
+:class:`etagent.grading.Grader` uses it for domains whose metric the run does not fix).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from etagent.grading import DEFAULT_METRIC, METRICS
-from etagent.records import DOMAINS, Example
+from etagent.grading import check_domain, domain_rules
+from etagent.records import Example
 from etagent.utils.io import read_json
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -195,10 +196,9 @@ def load_examples(
     """Read a question file (or a HF hub dataset when ``hf_name`` is set) into Examples.
 
     ``limit`` keeps the first N rows. Unreadable rows and duplicate ids raise ValueError
-    naming the file and line/item/row.
+    naming the file and line/item/row. ``domain`` is the caller's (a task checks it against its
+    ``domains``).
     """
-    if domain not in DOMAINS:
-        raise ValueError(f"{source}: domain must be one of {DOMAINS}, got {domain!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"{source}: limit must be >= 0 or null, got {limit}")
     question_fields = tuple(question_fields)
@@ -251,7 +251,7 @@ class BenchmarkTask:
         name: str,
         domain: str,
         path: str | None = None,
-        metric: str | None = None,  # math | f1 | em ; None -> domain default
+        metric: str | None = None,  # one of the domain rule's metrics; None -> the domain's own
         limit: int | None = None,
         source: str | None = None,  # Example.source; defaults to name
         id_field: str | None = None,
@@ -259,12 +259,14 @@ class BenchmarkTask:
         answer_field: str = "answer",
         hf_name: str | None = None,
         hf_split: str | None = None,
+        *,
+        domains: Mapping[str, Any],
     ) -> None:
-        if domain not in DOMAINS:
-            raise ValueError(f"task {name}: domain must be one of {DOMAINS}, got {domain!r}")
-        metric = metric or DEFAULT_METRIC[domain]
-        if metric not in METRICS:
-            raise ValueError(f"task {name}: metric must be one of {METRICS}, got {metric!r}")
+        self.domains = domain_rules(domains, f"task {name}: domains")
+        rule = self.domains[check_domain(domain, self.domains, f"task {name}")]
+        metric = metric or rule.metric
+        if metric not in rule.fns:
+            raise ValueError(f"task {name}: metric must be one of {sorted(rule.fns)} (domain {domain!r}), got {metric!r}")
         self.name, self.domain, self.path, self.metric, self.limit = name, domain, path, metric, limit
         self.source = source or name
         self.id_field, self.answer_field = id_field, answer_field
@@ -305,13 +307,16 @@ class MultiTask:
     ``.load(split)``. ``limit`` caps each member task (not the union).
     """
 
-    def __init__(self, name: str, tasks: Mapping[str, Any] | Sequence[Any], limit: int | None = None):
+    def __init__(self, name: str, tasks: Mapping[str, Any] | Sequence[Any], limit: int | None = None, *,
+                 domains: Mapping[str, Any]):
         members = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
         if not members:
             raise ValueError(f"task {name}: `tasks` is empty")
+        self.domains = domain_rules(domains, f"task {name}: domains")
         for t in members:
             if not callable(getattr(t, "load", None)):
                 raise ValueError(f"task {name}: member {t!r} has no load(split) method (missing _target_?)")
+            check_domain(t.domain, self.domains, f"task {name}: member {t.name}")
         self.name = name
         self.tasks = members
         self.limit = limit

@@ -2,8 +2,10 @@
 
 Files are JSONL, a JSON list or parquet (as for benchmarks, :mod:`etagent.data.benchmarks`);
 field names are configurable (``question_fields``, ``answer_field``, ``id_field``). Each row's
-domain is ``task.domain`` or, with ``task.domain_field``, the row's own value (``math`` | ``qa``);
-its grading metric is ``task.metric`` or the domain default (math-verify / token F1).
+domain is ``task.domain`` or, with ``task.domain_field``, the row's own value: one of the task's
+``domains`` (built-in ``math`` | ``qa``; a new domain is a grading rule plus a ``task.domains``
+node, :class:`etagent.grading.DomainRule`); its grading metric is ``task.metric`` or the
+domain's own (math-verify / token F1).
 
 * ``train_path`` (required) feeds the seed agent, the flywheel and RL.
 * ``dev_path`` (optional): without it, ``dev_fraction`` of the training rows (a seeded shuffle,
@@ -40,8 +42,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from etagent.data.benchmarks import DEFAULT_QUESTION_FIELDS, iter_rows, row_to_example
-from etagent.grading import DEFAULT_METRIC, METRICS
-from etagent.records import DOMAINS, Example, write_jsonl
+from etagent.grading import Grader, check_domain, domain_rules
+from etagent.records import Example, write_jsonl
 from etagent.utils.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -79,14 +81,15 @@ class UserTrajectories:
     table shows calls and correctness but no redundant/aborted shares.
     """
 
-    def __init__(self, path: str | None, name: str = "jsonl", held_out: Sequence[Example] = ()) -> None:
+    def __init__(self, path: str | None, grader: Grader, name: str = "jsonl", held_out: Sequence[Example] = ()) -> None:
         self.path = path
+        self.grader = grader  # the run's: grades the demonstrations for the teacher-stats table
         self.name = name
         self.held_out = list(held_out)  # training-file rows split off as dev: their demonstrations are skipped
 
-    def write(self, examples: Sequence[Example], toolset: Any = None) -> list[dict]:
-        from etagent import grading, protocol
-
+    def write(self, examples: Sequence[Example], toolset: Any) -> list[dict]:
+        """Teacher-file rows of the demonstrations; texts are parsed with ``toolset.grammar``."""
+        grammar = toolset.grammar
         if not self.path:
             return []
         every = [*examples, *self.held_out]
@@ -109,12 +112,11 @@ class UserTrajectories:
                 skipped += 1
                 continue
             text = row["response_text"]
-            answer = grading.block_answer(text)
-            score = grading.grade(ex, answer)
+            answer, score = self.grader.grade_text(ex, text, grammar)
             calls = [{"kind": c.kind, "query": c.content.strip(), "role": "unlabelled", "status": "unknown"}
-                     for c in protocol.parse(text).calls()]
+                     for c in grammar.parse(text).calls()]
             out.append({"id": f"user-{ex.id}-{len(out)}", "example_id": ex.id, "response_text": text,
-                        "flaws": [], "answer": answer, "correct": grading.is_success(ex.domain, float(score)),
+                        "flaws": [], "answer": answer, "correct": self.grader.is_success(ex.domain, float(score)),
                         "calls": calls, "missing_calls": None, "plan_ok": None, "domain": ex.domain,
                         "type": "user"})
         if skipped:
@@ -135,7 +137,8 @@ class JsonlTask:
                  id_field: str | None = None, domain: str | None = "qa", domain_field: str | None = None,
                  metric: str | None = None, corpus_path: str | None = None, trajectories_path: str | None = None,
                  n_train: int | None = None, n_dev: int | None = None, n_test: int | None = None,
-                 seed: int = 0, out_dir: str | None = None, world: Any = None) -> None:
+                 seed: int = 0, out_dir: str | None = None, world: Any = None, *,
+                 domains: Mapping[str, Any]) -> None:
         for key, value in (("train_path", train_path), ("test_path", test_path)):
             if not value:
                 raise ValueError(f"task.{key}: required for task=jsonl (a JSONL/JSON/parquet file of questions)")
@@ -143,10 +146,12 @@ class JsonlTask:
                            ("corpus_path", corpus_path), ("trajectories_path", trajectories_path)):
             if value and not Path(str(value)).is_file():
                 raise FileNotFoundError(f"task.{key}: no such file: {value}")
-        if domain_field is None and domain not in DOMAINS:
-            raise ValueError(f"task.domain must be one of {DOMAINS} (or set task.domain_field), got {domain!r}")
-        if metric is not None and metric not in METRICS:
-            raise ValueError(f"task.metric must be one of {sorted(METRICS)} or null, got {metric!r}")
+        self.domains = domain_rules(domains, "task.domains")
+        if domain_field is None:
+            check_domain(domain, self.domains, "task.domain (or set task.domain_field)")
+        known = {m for rule in self.domains.values() for m in rule.fns}
+        if metric is not None and metric not in known:
+            raise ValueError(f"task.metric must be one of {sorted(known)} (the domains' metrics) or null, got {metric!r}")
         if not 0.0 < float(dev_fraction) < 1.0:
             raise ValueError(f"task.dev_fraction must be in (0, 1), got {dev_fraction}")
         self.name, self.train_path, self.dev_path, self.test_path = name, train_path, dev_path, test_path
@@ -169,9 +174,8 @@ class JsonlTask:
             domain = self.domain
             if self.domain_field is not None:
                 domain = row.get(self.domain_field) if isinstance(row, Mapping) else None
-                if domain not in DOMAINS:
-                    raise ValueError(f"{where}: task.domain_field {self.domain_field!r} must hold one of {DOMAINS}, "
-                                     f"got {domain!r}")
+                check_domain(domain, self.domains, f"{where}: task.domain_field {self.domain_field!r}")
+            rule = self.domains[domain]
             try:
                 ex = row_to_example(row, source=f"{self.name}/{split}", domain=str(domain), split=split,
                                     lineno=lineno, id_field=self.id_field, question_fields=self.question_fields,
@@ -180,7 +184,10 @@ class JsonlTask:
                 raise ValueError(f"{where}: {exc}") from None
             ex.source = self.name
             ex.meta.pop(self.domain_field or "", None)
-            ex.meta["metric"] = self.metric or DEFAULT_METRIC[ex.domain]
+            ex.meta["metric"] = self.metric or rule.metric
+            if ex.meta["metric"] not in rule.fns:
+                raise ValueError(f"{where}: task.metric {self.metric!r} cannot grade domain {domain!r} "
+                                 f"(its metrics: {sorted(rule.fns)})")
             if ex.id in seen:
                 raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
             seen[ex.id] = where
@@ -220,10 +227,10 @@ class JsonlTask:
             raise ValueError(f"task=jsonl: unknown split {split!r} (have {SPLITS})")
         return list(self._splits()[split])
 
-    def seed_agent(self) -> UserTrajectories:
-        """Replaces the flawed teacher (which needs tool plans) in the `world` stage."""
+    def seed_agent(self, grader: Grader) -> UserTrajectories:
+        """Replaces the flawed teacher (which needs tool plans) in the `world` stage; ``grader``: the run's."""
         held = self.load("dev") if not self.dev_path else []
-        return UserTrajectories(self.trajectories_path, self.name, held_out=held)
+        return UserTrajectories(self.trajectories_path, grader, self.name, held_out=held)
 
     # ----------------------------------------------------------------- writing
     def fingerprint(self) -> str:

@@ -27,7 +27,6 @@ class EvalConfig:
     top_p: float = 1.0
     qa_metric: Literal["f1", "em"] = "f1"
     concise_judge: bool = False
-    radar: bool = True
     compare: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

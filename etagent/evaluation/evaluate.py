@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from etagent import grading
 from etagent.backends.base import SamplingParams
 from etagent.evaluation import EvalConfig
 from etagent.evaluation.metrics import compute_metrics, macro_average, metrics_table_markdown
@@ -37,10 +36,10 @@ def evaluate(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
-    policy: grading.Grader | None = None,
 ) -> tuple[list[Trajectory], dict[str, Any]]:
-    # the engine's grading policy decides success in the metrics too (one notion of "correct")
-    policy = policy or grading.policy_of(getattr(engine, "grader", None))
+    # the engine's grader and grammar (the run's) decide success and calls in the metrics too:
+    # one notion of "correct" and of "a call"
+    score = {"grader": engine.grader, "grammar": engine.grammar}
     examples = list(examples)[: cfg.max_examples] if cfg.max_examples else list(examples)
     params = sampling_params(cfg, getattr(engine, "max_turn_tokens", 256), seed)
     trajs: list[Trajectory] = []
@@ -59,17 +58,17 @@ def evaluate(
                 verdicts[t.id] = bool(judge_fn(t, ex))
             return verdicts[t.id]
 
-    metrics: dict[str, Any] = {"overall": compute_metrics(trajs, by_id, concise_fn, policy), "by_domain": {}}
+    metrics: dict[str, Any] = {"overall": compute_metrics(trajs, by_id, concise_fn=concise_fn, **score), "by_domain": {}}
     per_domain: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         per_domain[by_id[t.example_id].domain].append(t)
     for dom, ts in sorted(per_domain.items()):
-        metrics["by_domain"][dom] = compute_metrics(ts, by_id, concise_fn, policy)
+        metrics["by_domain"][dom] = compute_metrics(ts, by_id, concise_fn=concise_fn, **score)
     per_bench: dict[str, list[Trajectory]] = defaultdict(list)  # Example.source = the benchmark
     for t in trajs:
         per_bench[by_id[t.example_id].source].append(t)
     if len(per_bench) > 1:  # the paper's table: one row per benchmark and their macro average
-        benches = {b: compute_metrics(ts, by_id, concise_fn, policy) for b, ts in per_bench.items()}
+        benches = {b: compute_metrics(ts, by_id, concise_fn=concise_fn, **score) for b, ts in per_bench.items()}
         metrics["by_benchmark"] = {**benches, f"macro avg ({len(benches)})": macro_average(benches)}
     metrics["n_examples"] = len(examples)
     return trajs, metrics

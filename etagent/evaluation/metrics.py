@@ -4,8 +4,9 @@ Every trajectory is one attempt at one question; with several samples per questi
 "per question" averages below run over trajectories (= the mean over questions of the
 per-question means when every question has the same number of samples). ``c_i`` is the
 trajectory's graded correctness (math 0/1, QA F1 or EM, as the rollout graded it),
-``n_i`` its number of tool calls (paired tags in its text, the official rule), ``f_i`` its failed calls, ``t_i`` its model tokens
-(tool results excluded, from ``response_mask``).
+``n_i`` its number of tool calls (``Trajectory.n_calls``: paired tags of the run's grammar in its
+text, the official rule), ``f_i`` its failed calls, ``t_i`` its model tokens
+(tool results excluded, from ``response_mask``). Success is the run's grader's (``grader``).
 
 * ``correctness``      mean c_i.
 * ``efficiency``       the paper's: mean of c_i / n_i, and c_i itself when n_i = 0.
@@ -39,8 +40,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
-from etagent import grading
-from etagent.behaviour import call_count, label_behaviour
+from etagent import grading, protocol
+from etagent.behaviour import label_behaviour
 from etagent.records import OK, Example, ToolCall, Trajectory
 
 FLAWS: tuple[str, ...] = ("redundant", "insufficient", "aborted", "erroneous")
@@ -64,7 +65,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example],
-            policy: grading.Grader) -> list[dict[str, Any]]:
+            grader: grading.Grader, grammar: protocol.Grammar) -> list[dict[str, Any]]:
     groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
         groups[t.group_id or t.example_id].append(t)
@@ -73,7 +74,8 @@ def _labels(trajs: Sequence[Trajectory], examples_by_id: Mapping[str, Example],
         if t.behaviour and all(k in t.behaviour for k in ("n_redundant", *FLAWS)):
             out.append(t.behaviour)
         else:
-            out.append(label_behaviour(t, examples_by_id[t.example_id], groups[t.group_id or t.example_id], policy))
+            out.append(label_behaviour(t, examples_by_id[t.example_id], groups[t.group_id or t.example_id],
+                                       grader=grader, grammar=grammar))
     return out
 
 
@@ -86,24 +88,25 @@ def _rate(flags: Sequence[Any]) -> float | None:
 def compute_metrics(
     trajs: Sequence[Trajectory],
     examples_by_id: Mapping[str, Example],
+    *,
+    grader: grading.Grader,
+    grammar: protocol.Grammar,
     concise_fn: Callable[[Trajectory, Example], bool] | None = None,
-    policy: grading.Grader | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one set of trajectories (see module docstring); ``policy`` decides
-    which scores count as a success (default: QA F1 >= 0.75)."""
-    policy = policy or grading.Grader()
+    """All metrics of one set of trajectories (see module docstring); ``grader`` (the run's)
+    decides which scores count as a success, ``grammar`` (the run's) recognises the calls."""
     for t in trajs:
         if t.example_id not in examples_by_id:
             raise ValueError(f"compute_metrics: trajectory {t.id!r} refers to unknown example {t.example_id!r}")
     n = len(trajs)
     c = [float(t.score) for t in trajs]
-    calls = [call_count(t) for t in trajs]
+    calls = [t.n_calls(grammar) for t in trajs]
     tokens = [t.model_tokens for t in trajs]
     total_calls = sum(calls)
     ok_calls = sum(1 for t in trajs for call in t.tool_calls if call.status == OK)
     paper_failed = [sum(paper_call_failed(call) for call in t.tool_calls) for t in trajs]
-    labels = _labels(trajs, examples_by_id, policy)
-    wrong = [not policy.succeeded(t, examples_by_id[t.example_id]) for t in trajs]
+    labels = _labels(trajs, examples_by_id, grader, grammar)
+    wrong = [not grader.succeeded(t, examples_by_id[t.example_id]) for t in trajs]
     wrong_known = [b["insufficient"] for b, w in zip(labels, wrong) if w and b["insufficient"] is not None]
     out: dict[str, Any] = {
         "n": n,

@@ -6,7 +6,11 @@
     python -m etagent.export verl --examples questions.jsonl --out data/all.parquet
         # every Example of a JSONL file (no selection)
 
-Prints one line per file written. Exit status 2 on a bad argument or missing input.
+The system message is etagent's configured prompt (``prompts.system``, else the configured
+tools' grammar prompt) of the config composed with ``--override``s (e.g. ``--override
+tools=with_calculator`` for a run with more tools), unless ``--system-prompt-file`` or
+``--no-system-prompt`` is given. Prints one line per file written. Exit status 2 on a bad
+argument or missing input.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-from etagent import protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     prompt = v.add_mutually_exclusive_group()
     prompt.add_argument("--system-prompt-file", type=Path, default=None, help="system prompt text file")
     prompt.add_argument("--no-system-prompt", action="store_true", help="omit the system message")
+    v.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="etagent config override (repeatable) for the default system prompt, e.g. tools=with_calculator")
     return p
 
 
@@ -42,13 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     from etagent.export.verl import export_from_run, export_verl
     from etagent.records import Example, read_jsonl
 
-    if args.no_system_prompt:
-        system_prompt = None
-    elif args.system_prompt_file is not None:
-        system_prompt = args.system_prompt_file.read_text(encoding="utf-8").strip()
-    else:
-        system_prompt = protocol.SYSTEM_PROMPT
     try:
+        if args.no_system_prompt:
+            system_prompt = None
+        elif args.system_prompt_file is not None:
+            system_prompt = args.system_prompt_file.read_text(encoding="utf-8").strip()
+        else:  # the prompt of the configured tools (the run's environment, from the composed config)
+            from etagent.config.compose import compose_etagent
+            from etagent.runenv import RunEnv
+
+            system_prompt = RunEnv.from_config(compose_etagent(args.override)).tool_prompt
         if args.run_dir is not None:
             written = export_from_run(
                 args.run_dir,

@@ -15,9 +15,9 @@ The file has exactly the schema of the authors' RL parquet
   ``index`` and what :func:`etagent.export.verl_reward.shape_group_scores` groups by;
 * ``metadata``: an all-null column.
 
-Departure: the authors' prompt is their own tool system prompt; etagent writes
-:data:`etagent.protocol.SYSTEM_PROMPT` (the prompt the policy was trained with) by
-default -- pass ``system_prompt`` to change it, ``None`` to omit the system message.
+Departure: the authors' prompt is their own tool system prompt; etagent writes the run's
+(``system_prompt``, required: the pipeline passes ``RunEnv.tool_prompt``, i.e. ``prompts.system``
+or the configured tools' grammar prompt), ``None`` omits the system message.
 Example ids have no column in the schema: :func:`export_verl` writes them, in index
 order, to a sidecar ``<file>.ids.json`` so a verl run can be traced back to the world.
 
@@ -42,11 +42,11 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etagent import protocol
 from etagent.records import MATH, QA, Example, read_jsonl
 from etagent.utils.io import atomic_write_bytes, atomic_write_json, read_json
 
-#: verl ``data_source`` per domain (the authors' names; the reward module maps them back).
+#: verl ``data_source`` of the built-in domains (the authors' names; the reward module maps them
+#: back); another domain's rows use the domain's name.
 DATA_SOURCES: dict[str, str] = {MATH: "math_effi_rl", QA: "qa_effi_rl"}
 REWARD_STYLE = "rule"
 
@@ -95,7 +95,7 @@ def to_verl_row(
     *,
     split: str = "train",
     data_source: str | None = None,
-    system_prompt: str | None = protocol.SYSTEM_PROMPT,
+    system_prompt: str | None,
     need_tools_kwargs: bool = True,
     selection: str | None = None,
 ) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def to_verl_row(
         messages.append({"content": system_prompt, "role": "system"})
     messages.append({"content": example.question, "role": "user"})
     return {
-        "data_source": data_source or DATA_SOURCES[example.domain],
+        "data_source": data_source or DATA_SOURCES.get(example.domain, example.domain),
         "prompt": messages,
         "ability": example.domain,
         "reward_model": {"ground_truth": [str(a) for a in example.answers], "style": REWARD_STYLE},
@@ -136,8 +136,8 @@ def export_verl(
     path: str | Path,
     data_source: str | None = None,
     split: str = "train",
-    system_prompt: str | None = protocol.SYSTEM_PROMPT,
     *,
+    system_prompt: str | None,
     start_index: int = 0,
     need_tools_kwargs: bool = True,
     write_ids: bool = True,
@@ -280,7 +280,7 @@ def export_from_run(
     examples_path: str | Path | None = None,
     rl_dir: str | Path | None = None,
     split: str = "train",
-    system_prompt: str | None = protocol.SYSTEM_PROMPT,
+    system_prompt: str | None,
     data_source: str | None = None,
 ) -> dict[int, Path]:
     """Export the Pareto-selected questions a run saved; returns ``{stage: parquet path}``.

@@ -10,12 +10,13 @@ Per sample (verl instantiates one loop per rollout, all in one event loop per wo
 
 1. prompt ids: verl's own Continuous-Token builder renders ``raw_prompt`` (system + user,
    as :mod:`etagent.export.verl` wrote it) with the model's chat template;
-2. one turn: ``server_manager.generate`` with etagent's stop strings
-   (:data:`etagent.protocol.STOP_STRINGS`, kept in the output) and a token cap of
+2. one turn: ``server_manager.generate`` with the stop strings of the configured tools' grammar
+   (``Grammar.stop_strings``: every tool's call closer and ``</answer>``, kept in the output)
+   and a token cap of
    ``min(rollout.max_turn_tokens, tokens left)``;
 3. the turn is handed to :class:`etagent.rollout.engine.RolloutEngine`'s own per-row rules
    (``_on_completion``: answer / eos / length / call parsing / call budget; ``_run_tools``:
-   one ``ToolSet.execute`` call, result wrapped by :func:`etagent.protocol.format_result`
+   one ``ToolSet.execute`` call, result wrapped by ``Grammar.format_result``
    and appended as ids with mask 0). The loop re-implements none of them, so a verl
    rollout and an etagent rollout of the same policy are the same sequence
    (``tests/test_verl_agent_loop.py`` checks ids and mask under greedy decoding);
@@ -23,11 +24,15 @@ Per sample (verl instantiates one loop per rollout, all in one event loop per wo
    ``response_mask``, log-probs when requested, ``num_turns``, timing metrics) with
    ``extra_fields`` that verl's reward loop passes to the reward as ``extra_info``:
    ``model_tokens`` (exact: tokens with mask 1, the length :mod:`etagent.export.verl_reward`
-   prefers), ``n_calls``, ``tool_s``, ``finish_reason``.
+   prefers), ``n_executed`` (calls that ran: ``Trajectory.n_executed``'s rule), ``tool_s``,
+   ``finish_reason``.
 
 Settings come from etagent's Hydra config (``conf/config.yaml``) composed with the
-``overrides`` of the registry entry: the tool set is ``build_toolset(cfg.tools)`` (built once
-per process and shared by every loop there), the rules are ``cfg.rollout`` (``budget``,
+``overrides`` of the registry entry (verl builds the loop, so there is no run to hand it one):
+its run environment (:class:`etagent.runenv.RunEnv`) is built from that config, explicitly:
+the tool set is ``build_toolset(cfg.tools)`` and the grammar is that tool set's (built once per
+process and shared by every loop there), the grader is the config's; the rules are
+``cfg.rollout`` (``budget``,
 ``max_calls_total`` / ``max_calls_per_kind``, ``max_turn_tokens``, ``max_result_chars``,
 ``budget_grace``). verl's ``rollout.response_length`` is the response budget.
 
@@ -41,74 +46,41 @@ verl's own loops do; entropy branching (``rollout=branching``) is not available.
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 import time
 from importlib import resources
-from pathlib import Path
 from typing import Any, Sequence
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
 
 from etagent import protocol
 from etagent.backends.base import EOS, LENGTH, STOP, Completion, find_stop, response_stop_ids
-from etagent.config.location import conf_dir
-from etagent.records import BUDGET
+from etagent.config.compose import compose_etagent
+from etagent.records import EXECUTED_STATUSES
 
 AGENT_NAME = "etagent_tir"
 #: The registry file to pass as ``actor_rollout_ref.rollout.agent.agent_loop_config_path``.
 AGENT_LOOPS_YAML = str(resources.files("etagent.export").joinpath("verl_agent_loops.yaml"))
 
-_TOOLSETS: dict[tuple[str, ...], Any] = {}
-_CONFIGS: dict[tuple[str, ...], Any] = {}
+_ENVS: dict[tuple[str, ...], Any] = {}
 _LOCK = threading.Lock()
 
-
-def compose_etagent(overrides: Sequence[str] = ()) -> Any:
-    """etagent's ``conf/config.yaml`` composed with ``overrides`` (Hydra syntax).
-
-    ``paths.run_dir`` (where a search cache may go) defaults to ``./etagent_verl`` and
-    ``paths.shared_dir`` to ``$ETAGENT_SHARED`` or ``../shared``, since there is no Hydra run.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    conf = conf_dir()  # the checkout's conf/ or an installed wheel's copy; names both when missing
-    ov = [str(o) for o in overrides]
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in ov}
-    defaults = {
-        "paths.run_dir": str(Path.cwd() / "etagent_verl"),
-        "paths.shared_dir": os.environ.get("ETAGENT_SHARED", str(Path.cwd().parent / "shared")),
-    }
-    ov = [f"{k}={v}" for k, v in defaults.items() if k not in keys] + ov
-    gh = GlobalHydra.instance()
-    saved = gh.hydra if gh.is_initialized() else None  # verl's driver may hold its own Hydra
-    gh.clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            return compose(config_name="config", overrides=ov)
-    except Exception as exc:
-        raise ValueError(f"etagent_tir: cannot compose etagent's config with overrides {ov}: {exc}") from exc
-    finally:
-        gh.clear()
-        if saved is not None:
-            gh.initialize(saved)
+__all__ = ["AGENT_NAME", "AGENT_LOOPS_YAML", "ETAgentTIRLoop", "compose_etagent", "shared_setup"]
 
 
-def shared_setup(overrides: tuple[str, ...]) -> tuple[Any, Any]:
-    """(config, ToolSet), composed and built once per process and overrides: verl makes one
-    loop per sample, and sandbox pools (or a Hydra compose) per sample would dominate."""
-    from etagent.tools import build_toolset
+def shared_setup(overrides: tuple[str, ...]) -> Any:
+    """The :class:`etagent.runenv.RunEnv` of etagent's config composed with ``overrides``, its tool
+    set built: once per process and overrides (verl makes one loop per sample, and sandbox pools
+    or a Hydra compose per sample would dominate)."""
+    from etagent.runenv import RunEnv
 
     with _LOCK:
-        if overrides not in _CONFIGS:
-            _CONFIGS[overrides] = compose_etagent(overrides)
-        cfg = _CONFIGS[overrides]
-        if overrides not in _TOOLSETS:
-            ts = build_toolset(cfg.tools)
-            atexit.register(ts.close)
-            _TOOLSETS[overrides] = ts
-        return cfg, _TOOLSETS[overrides]
+        if overrides not in _ENVS:
+            env = RunEnv.from_config(compose_etagent(overrides))
+            env.toolset  # noqa: B018 - build it now, under the lock (its grammar is checked against the config's)
+            atexit.register(env.close)
+            _ENVS[overrides] = env
+        return _ENVS[overrides]
 
 
 class _TokenizerHolder:
@@ -133,15 +105,19 @@ class ETAgentTIRLoop(AgentLoopBase):
         from etagent.rollout.engine import RolloutEngine
 
         self.overrides = tuple(str(o) for o in (overrides or ()))
-        cfg, self.toolset = shared_setup(self.overrides)
+        env = shared_setup(self.overrides)
+        cfg, self.toolset = env.cfg, env.toolset
         if str(cfg.rollout.get("strategy", "standard")) != "standard":
             raise ValueError("etagent_tir: rollout.strategy must be standard (verl samples each rollout on its own)")
         self.response_length = int(self.rollout_config.response_length)
+        # the prompt comes from the parquet (verl renders raw_prompt); the grader is unused here
+        # (verl's reward scores), labels are off
         self.engine: RolloutEngine = instantiate(
             cfg.rollout, backend=_TokenizerHolder(self.tokenizer), toolset=self.toolset,
-            grader=None, system_prompt=None, max_response_tokens=self.response_length,
-            label_behaviour=False, progress_min_rows=0,
+            grader=env.grader, grammar=self.toolset.grammar, system_prompt=None,
+            max_response_tokens=self.response_length, label_behaviour=False, progress_min_rows=0,
         )
+        self.stop_strings = self.engine.grammar.stop_strings
         self.engine._cur_budget = self.engine._budget(0)
         self.stop_ids = set(response_stop_ids(self.tokenizer))
         # keep the stop string in the output: vLLM and SGLang spell it differently
@@ -154,7 +130,7 @@ class ETAgentTIRLoop(AgentLoopBase):
         if ids and ids[-1] in self.stop_ids:
             eos = ids[-1]
             return Completion(ids[:-1], logprobs[:-1] if logprobs else None, EOS), eos
-        hit = find_stop(self.tokenizer.decode(ids, skip_special_tokens=False), protocol.STOP_STRINGS)
+        hit = find_stop(self.tokenizer.decode(ids, skip_special_tokens=False), self.stop_strings)
         if hit is not None:
             return Completion(ids, logprobs, STOP, hit[1]), None
         # no stop string: the turn cap (LENGTH) -- or a server that stopped otherwise (STOP, None)
@@ -182,7 +158,7 @@ class ETAgentTIRLoop(AgentLoopBase):
                 continue
             remaining = eng.max_response_tokens - len(row.ids)
             max_new = max(1, min(eng.max_turn_tokens, remaining))
-            params = dict(sampling_params, stop=list(protocol.STOP_STRINGS), max_tokens=max_new, **self.keep_stop)
+            params = dict(sampling_params, stop=list(self.stop_strings), max_tokens=max_new, **self.keep_stop)
             t0 = time.perf_counter()
             out = await self.server_manager.generate(
                 request_id=request_id, prompt_ids=row.prompt_ids + row.ids, sampling_params=params
@@ -203,7 +179,6 @@ class ETAgentTIRLoop(AgentLoopBase):
             logprobs.append(eos_lp)
         n = self.response_length
         results = sum(1 for s in row.segments if s[2] == "result")
-        executed = [c for c in row.calls if c.status != BUDGET]
         return AgentLoopOutput(
             prompt_ids=row.prompt_ids,
             response_ids=response_ids[:n],
@@ -215,7 +190,7 @@ class ETAgentTIRLoop(AgentLoopBase):
                 "turn_scores": [],
                 "tool_rewards": [],
                 "model_tokens": protocol.model_token_length(mask[:n]),
-                "n_calls": len(executed),
+                "n_executed": sum(c.status in EXECUTED_STATUSES for c in row.calls),
                 "tool_s": tool_s,
                 "finish_reason": row.finish,
             },

@@ -57,9 +57,9 @@ def _settings(config: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"algorithm.{NAME}: unknown key(s) {unknown}; expected sigma_tool, sigma_len, mode")
     return {
-        "sigma_tool": float(node.get("sigma_tool", _DEFAULTS.sigma_tool)),
-        "sigma_len": float(node.get("sigma_len", _DEFAULTS.sigma_len)),
-        "mode": str(node.get("mode", _DEFAULTS.mode)),
+        "sigma_tool": float(node.get("sigma_tool", _DEFAULTS["sigma_tool"])),
+        "sigma_len": float(node.get("sigma_len", _DEFAULTS["sigma_len"])),
+        "mode": str(node.get("mode", _DEFAULTS["mode"])),
     }
 
 

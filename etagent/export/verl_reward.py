@@ -22,9 +22,15 @@ RL reward); ``format_rules`` (``strict`` | ``official``, a ``reward_kwargs`` ent
 grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL.
 
 Nothing is re-implemented here: components come from
-:func:`etagent.rl.reward.score_components` (grading via :mod:`etagent.grading`, tags via
-:mod:`etagent.protocol`) and shaping from :func:`etagent.rl.reward.shape_rewards`.
-etagent must be importable in verl's workers (``pip install -e <repo>``).
+:func:`etagent.rl.reward.score_components` and shaping from
+:func:`etagent.rl.reward.shape_rewards`. verl calls these functions without a run, so the run
+environment is built explicitly from etagent's config composed with ``overrides`` (a
+``reward_kwargs`` entry, Hydra syntax, e.g. ``["tools=with_calculator"]``; default: the default
+config): the grammar of its ``tools`` (a configured tool's calls count), the grader of its task's
+answer domains (``task.domains``: a new domain's rule grades its rows) and ``grading``. The
+domain of a row is ``domain`` (``reward_kwargs``), else its ``data_source`` (the exporter's
+names, the paper benchmarks, or a domain's own name). etagent must be importable in verl's
+workers (``pip install -e <repo>``).
 
 Length (``model_tokens``), in order of precedence: a ``model_tokens`` keyword, or
 ``extra_info["model_tokens"]`` (an agent loop that knows its response mask can put it
@@ -42,6 +48,7 @@ with the sigma you want, or 0 to switch shaping off as the official scripts do).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
@@ -60,22 +67,36 @@ DOMAIN_BY_SOURCE: dict[str, str] = {
     **{b: MATH for b in ("aime24", "amc23", "math500")},
     **{b: QA for b in ("2wiki", "hotpotqa", "musique", "bamboogle")},
 }
-_DEFAULTS = RewardFn()  # sigma defaults live in one place (etagent.rl.reward / conf/reward)
+#: the reward config's defaults (conf/reward = etagent.rl.reward.RewardFn's, tests/test_config_drift.py)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(RewardFn)
+                             if f.default is not dataclasses.MISSING}
 COMPONENT_KEYS = ("correctness", "n_calls", "model_tokens", "format_ok")
 
 
-def domain_of(data_source: str, domain: str | None = None) -> str:
-    """The grading domain of a verl ``data_source`` (``domain`` overrides)."""
+@lru_cache(maxsize=8)
+def run_env(overrides: tuple[str, ...] = ()) -> Any:
+    """The run environment (grammar, grader) of etagent's config composed with ``overrides``,
+    once per process and overrides (nothing is built but the config)."""
+    from etagent.config.compose import compose_etagent
+    from etagent.runenv import RunEnv
+
+    return RunEnv.from_config(compose_etagent(overrides))
+
+
+def domain_of(data_source: str, domain: str | None, domains: Mapping[str, Any]) -> str:
+    """The grading domain of a verl ``data_source`` (``domain`` overrides): one of ``domains``
+    (the run's grader's)."""
     if domain is not None:
-        if domain not in (MATH, QA):
-            raise ValueError(f"verl_reward: domain must be {MATH!r} or {QA!r}, got {domain!r}")
+        if domain not in domains:
+            raise ValueError(f"verl_reward: domain must be one of {sorted(domains)} (task.domains), got {domain!r}")
         return domain
     ds = str(data_source)
-    if ds in DOMAIN_BY_SOURCE:
-        return DOMAIN_BY_SOURCE[ds]
+    found = DOMAIN_BY_SOURCE.get(ds, ds)
+    if found in domains:
+        return found
     raise ValueError(
-        f"verl_reward: unknown data_source {ds!r}; expected one of {sorted(DOMAIN_BY_SOURCE)} "
-        "(or pass domain=math|qa through custom_reward_function.reward_kwargs)"
+        f"verl_reward: unknown data_source {ds!r}; expected one of {sorted(set(DOMAIN_BY_SOURCE) | set(domains))} "
+        "(or pass domain=<a task.domains name> through custom_reward_function.reward_kwargs)"
     )
 
 
@@ -96,16 +117,18 @@ def compute_score(
     ground_truth: Any,
     extra_info: Mapping[str, Any] | None = None,
     *,
-    qa_metric: str = _DEFAULTS.qa_metric,
+    qa_metric: str = _DEFAULTS["qa_metric"],
     domain: str | None = None,
     model_tokens: int | None = None,
     tokenizer_path: str | None = None,
-    format_rules: str = _DEFAULTS.format_rules,
+    format_rules: str = _DEFAULTS["format_rules"],
+    overrides: Sequence[str] = (),
     **kwargs: Any,
 ) -> dict[str, float]:
     """Score one rollout (verl ``custom_reward_function`` signature).
 
     ``ground_truth``: a gold string or a list/array of aliases (``reward_model.ground_truth``).
+    ``overrides``: etagent config overrides whose tools and task domains the run uses (module docstring).
     Returns ``score`` (correctness + format_penalty) and the raw components:
     ``correctness`` (math 0/1, QA F1 or EM), ``acc`` (= correctness, the key verl's
     validation metrics look for), ``n_calls``, ``model_tokens``, ``format_ok`` (1.0/0.0),
@@ -114,7 +137,7 @@ def compute_score(
     """
     comps = _components(data_source, solution_str, ground_truth, extra_info, qa_metric=qa_metric,
                         domain=domain, model_tokens=model_tokens, tokenizer_path=tokenizer_path,
-                        format_rules=format_rules)
+                        format_rules=format_rules, overrides=overrides)
     score = shape_group_scores([comps], group_key=None, mode="correctness")[0]
     return dict(comps, score=score)
 
@@ -129,9 +152,11 @@ def _components(
     domain: str | None,
     model_tokens: int | None,
     tokenizer_path: str | None,
-    format_rules: str = _DEFAULTS.format_rules,
+    format_rules: str,
+    overrides: Sequence[str],
 ) -> dict[str, float]:
     info = _info(extra_info)
+    env = run_env(tuple(str(o) for o in overrides))
     try:
         answers = normalize_answers(ground_truth)
     except ValueError as exc:
@@ -140,15 +165,15 @@ def _components(
         id=f"{data_source}-{info.get('index', '?')}",
         question=str(info.get("question") or ""),
         answers=answers,
-        domain=domain_of(data_source, domain),
+        domain=domain_of(data_source, domain, env.grader.domains),
         source=str(data_source),
         split=str(info.get("split") or "train"),
     )
     if model_tokens is None and info.get("model_tokens") is not None:
         model_tokens = int(info["model_tokens"])
     tok = _tokenizer(tokenizer_path) if (model_tokens is None and tokenizer_path) else None
-    c = score_components(solution_str or "", example, qa_metric=qa_metric, model_tokens=model_tokens, tokenizer=tok,
-                         format_rules=format_rules)
+    c = score_components(solution_str or "", example, grader=env.grader.with_metric(qa_metric), grammar=env.grammar,
+                         model_tokens=model_tokens, tokenizer=tok, format_rules=format_rules)
     fmt = 1.0 if c["format_ok"] else 0.0
     return {
         "correctness": float(c["correctness"]),
@@ -185,9 +210,9 @@ def shape_group_scores(
     batch: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
     group_key: str | None = "index",
     *,
-    sigma_tool: float = _DEFAULTS.sigma_tool,
-    sigma_len: float = _DEFAULTS.sigma_len,
-    mode: str = _DEFAULTS.mode,
+    sigma_tool: float = _DEFAULTS["sigma_tool"],
+    sigma_len: float = _DEFAULTS["sigma_len"],
+    mode: str = _DEFAULTS["mode"],
 ) -> list[float]:
     """Group-relative ET-Agent scores of a batch, in batch order.
 
@@ -229,13 +254,14 @@ def compute_score_batch(
     extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
     *,
     group_key: str = "index",
-    sigma_tool: float = _DEFAULTS.sigma_tool,
-    sigma_len: float = _DEFAULTS.sigma_len,
-    mode: str = _DEFAULTS.mode,
-    qa_metric: str = _DEFAULTS.qa_metric,
+    sigma_tool: float = _DEFAULTS["sigma_tool"],
+    sigma_len: float = _DEFAULTS["sigma_len"],
+    mode: str = _DEFAULTS["mode"],
+    qa_metric: str = _DEFAULTS["qa_metric"],
     domain: str | None = None,
     tokenizer_path: str | None = None,
-    format_rules: str = _DEFAULTS.format_rules,
+    format_rules: str = _DEFAULTS["format_rules"],
+    overrides: Sequence[str] = (),
     return_dict: bool = True,
     **kwargs: Any,
 ) -> list[dict[str, float]] | list[float]:
@@ -256,7 +282,8 @@ def compute_score_batch(
     items = []
     for i in range(n):
         c = _components(data_sources[i], solution_strs[i], ground_truths[i], infos[i], qa_metric=qa_metric,
-                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules)
+                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules,
+                        overrides=overrides)
         c["extra_info"] = infos[i]
         items.append(c)
     scores = shape_group_scores(items, group_key, sigma_tool=sigma_tool, sigma_len=sigma_len, mode=mode)

@@ -6,7 +6,7 @@ stores de-duplicated data with provenance; ``report`` writes the round table and
 ``ase.run_ase`` fine-tunes the seed policy on the pool.
 """
 
-from etagent.flywheel.loop import FlywheelConfig, run_flywheel, select_sft
+from etagent.flywheel.loop import FlywheelConfig, run_flywheel
 from etagent.flywheel.pool import Pool
 
-__all__ = ["FlywheelConfig", "Pool", "run_flywheel", "select_sft"]
+__all__ = ["FlywheelConfig", "Pool", "run_flywheel"]

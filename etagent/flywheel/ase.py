@@ -1,6 +1,7 @@
 """Action-space exploration fine-tuning (ASE, Part II-a): SFT of the seed policy on the pool.
 
-``run_ase`` loads the seed policy, turns the flywheel's SFT selection into masked training
+``run_ase`` loads the seed policy, turns the flywheel's SFT selection (``flywheel/sft.jsonl``,
+or the selection list a flywheel round hands its fine-tuner) into masked training
 sequences (prompt and ``<result>`` tokens masked; sampled trajectories keep their sampled
 ids, edited ones were encoded piecewise by the verifier), trains with
 :func:`etagent.train.sft.train_sft` (full or LoRA per ``train.lora.enabled``; LoRA is merged)
@@ -16,22 +17,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from etagent.flywheel.pool import Pool
+from etagent.protocol import Grammar
 from etagent.records import Trajectory, read_jsonl
 from etagent.utils.io import atomic_write_json
 
 
-def _trajectories(pool: Any, max_per_question: int | None, min_correct: float, include_unedited: bool) -> list[Trajectory]:
-    if isinstance(pool, Pool):
-        return pool.select(max_per_question, min_correct, include_unedited)
-    if isinstance(pool, (str, os.PathLike)):
-        return list(read_jsonl(pool, Trajectory))  # an already selected file (flywheel/sft.jsonl)
-    return list(pool)
-
-
-def to_sequences(trajs: Iterable[Trajectory], tokenizer: Any, max_len: int | None = None) -> list:
+def to_sequences(trajs: Iterable[Trajectory], tokenizer: Any, grammar: Grammar, max_len: int | None = None) -> list:
     from etagent.train.sequences import end_token_id, from_text, from_trajectory
 
     end = end_token_id(tokenizer)
@@ -42,27 +35,29 @@ def to_sequences(trajs: Iterable[Trajectory], tokenizer: Any, max_len: int | Non
         if t.response_ids:
             seqs.append(from_trajectory(t, max_len=max_len, end_id=end))
         else:  # edited without a tokenizer at verification time
-            seqs.append(from_text(tokenizer, t.prompt_ids, t.response_text, max_len=max_len, meta={"id": t.id}))
+            seqs.append(from_text(tokenizer, t.prompt_ids, t.response_text, grammar=grammar, max_len=max_len,
+                                  meta={"id": t.id}))
     return seqs
 
 
-def run_ase(policy_path: str | os.PathLike, pool: Any, cfg: Any, out_dir: str | os.PathLike, tracker: Any = None,
-            *, max_per_question: int | None = None, min_correct: float = 0.8, include_unedited: bool = True,
-            dtype: str = "float32", device: str = "auto", resume: bool = True) -> str:
-    """SFT the seed policy at ``policy_path`` on ``pool`` (a Pool, a list, or a JSONL path).
+def run_ase(policy_path: str | os.PathLike, selection: Sequence[Trajectory] | str | os.PathLike, cfg: Any,
+            out_dir: str | os.PathLike, tracker: Any = None, *, grammar: Grammar, dtype: str, device: str,
+            resume: bool = True) -> str:
+    """SFT the seed policy at ``policy_path`` on the flywheel's SFT ``selection`` (trajectories,
+    or the JSONL file of them, ``flywheel/sft.jsonl``).
 
-    ``cfg`` is the ``train`` config (:class:`etagent.train.sft.SFTConfig` fields).
-    Returns the new policy directory.
+    ``cfg`` is the ``train`` config (:class:`etagent.train.sft.SFTConfig`); ``grammar``, ``dtype``
+    and ``device`` are the run's. Returns the new policy directory.
     """
     from etagent.models.factory import load_policy
     from etagent.train.sft import SFTConfig, train_sft
 
     sft_cfg = SFTConfig.coerce(cfg)
-    trajs = _trajectories(pool, max_per_question, min_correct, include_unedited)
+    trajs = list(read_jsonl(selection, Trajectory)) if isinstance(selection, (str, os.PathLike)) else list(selection)
     if not trajs:
         raise ValueError("ASE: the flywheel pool has no correct trajectory to train on")
     model, tokenizer = load_policy(policy_path, dtype=dtype, device=device)
-    seqs = to_sequences(trajs, tokenizer, sft_cfg.max_len)
+    seqs = to_sequences(trajs, tokenizer, grammar, sft_cfg.max_len)
     out = Path(out_dir)
     train_sft(model, tokenizer, seqs, sft_cfg, out, tracker=tracker, stage="ase", resume=resume)
     strategies = Counter(str(t.meta.get("strategy", "?")) for t in trajs)

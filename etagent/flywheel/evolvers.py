@@ -35,10 +35,8 @@ Item = tuple[Example, Trajectory]
 #: how a hint is written into the trajectory (model text inside a think block)
 DEFAULT_HINT_FORMAT = protocol.open_tag(protocol.THINK) + "{hint}" + protocol.close_tag(protocol.THINK)
 
-#: built-in templates: "<fault>.<tool>" from each default tool's ``ToolSpec.hints``, then the generic ones
-DEFAULT_HINTS: dict[str, str] = {
-    **{f"{fault}.{t.name}": t.hints[fault] for fault in ("insufficient", "aborted")
-       for t in protocol.default_grammar().tools if fault in t.hints},
+#: the generic hint templates (keyed by fault type); tool-specific ones come from the tools' specs
+GENERIC_HINTS: dict[str, str] = {
     "unfinished": "I should finish and give the answer.",
     "format": "I should follow the format.",
     "erroneous": "Let me check the result again.",
@@ -46,25 +44,40 @@ DEFAULT_HINTS: dict[str, str] = {
 }
 
 
+def default_hints(grammar: protocol.Grammar) -> dict[str, str]:
+    """The templates when ``evolver.hints`` is null: "<fault>.<tool>" from each of the grammar's
+    tools' ``ToolSpec.hints``, then :data:`GENERIC_HINTS`."""
+    return {**{f"{fault}.{t.name}": t.hints[fault] for fault in ("insufficient", "aborted")
+               for t in grammar.tools if fault in t.hints}, **GENERIC_HINTS}
+
+
 class Evolver:
-    """Base: model-free fault location; no corrections; template hints; no refine."""
+    """Base: model-free fault location; no corrections; template hints; no refine.
+
+    ``grammar``: the run's (fault location, step splitting, costs, the tools hints name).
+    """
 
     name = "base"
 
-    def __init__(self, hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
-        self.hint_templates = dict(DEFAULT_HINTS if hints is None else hints)
+    def __init__(self, hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT, *,
+                 grammar: protocol.Grammar):
+        self.grammar = grammar
+        self.hint_templates = dict(default_hints(grammar) if hints is None else hints)
         if "{hint}" not in hint_format:
             raise ValueError(f"evolver.hint_format must contain '{{hint}}', got {hint_format!r}")
         self.hint_format = hint_format
 
+    def _cost(self, text: str) -> tuple[int, int]:
+        return cost(text, self.grammar)
+
     def locate(self, items: list[Item]) -> list[Fault]:
-        return [locate_fault(t, ex) for ex, t in items]
+        return [locate_fault(t, ex, self.grammar) for ex, t in items]
 
     def corrections(self, items: list[Item], faults: list[Fault]) -> list[str]:
         return ["" for _ in items]
 
     def template_hint(self, example: Example, traj: Trajectory, fault: Fault) -> str:
-        tool = tool_for_fault(example, fault, traj)
+        tool = tool_for_fault(example, fault, traj, self.grammar)
         for key in (f"{fault.kind}.{tool}", fault.kind, "default"):
             if key in self.hint_templates:
                 return self.hint_templates[key]
@@ -96,8 +109,8 @@ class PolicyEvolver(Evolver):
 
     def __init__(self, refine_samples: int = 2, refine_temperature: float = 0.3,
                  hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT,
-                 reflection: str = DEFAULT_REFLECTION):
-        super().__init__(hints, hint_format)
+                 reflection: str = DEFAULT_REFLECTION, *, grammar: protocol.Grammar):
+        super().__init__(hints, hint_format, grammar=grammar)
         self.refine_samples = refine_samples
         self.refine_temperature = refine_temperature
         self.reflection = reflection
@@ -122,12 +135,12 @@ class PolicyEvolver(Evolver):
             raise RuntimeError(f"engine.rollout returned {len(outs)} trajectories for {len(exs)} examples x n={n}")
         cands: list[Candidate] = []
         for i, (ex, trajs) in enumerate(groups):
-            best = min(trajs, key=lambda t: cost(t.response_text))
-            best_cost = cost(best.response_text)
+            best = min(trajs, key=lambda t: self._cost(t.response_text))
+            best_cost = self._cost(best.response_text)
             seen = set()
             for s in outs[i * n : (i + 1) * n]:
-                c = cost(s.response_text)
-                key = normalise_response(s.response_text)
+                c = self._cost(s.response_text)
+                key = normalise_response(s.response_text, self.grammar)
                 if c >= best_cost or key in seen or not ctx.verifier.is_correct(ex, s.score):
                     ctx.stats["global_refine/not_shorter_or_wrong"] += 1
                     continue
@@ -163,8 +176,9 @@ class LLMEvolver(Evolver):
                  max_new_tokens: int = 1024, whole_level: bool = True, step_level: bool = True,
                  locate_with_llm: bool = True, system_prompt: str | None = None,
                  begin_marker: str = "=== BEGIN ===", end_marker: str = "=== END ===",
-                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT):
-        super().__init__(hints, hint_format)
+                 hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT, *,
+                 grammar: protocol.Grammar):
+        super().__init__(hints, hint_format, grammar=grammar)
         required = ("refine_whole", "refine_step", "locate_fault", "write_hint", "correct_step")
         missing = [k for k in required if k not in prompts]
         if missing:
@@ -213,7 +227,7 @@ class LLMEvolver(Evolver):
         base = super().locate(items)
         if not self.locate_with_llm or not items:
             return base
-        steps = [split_steps(t.response_text) for _, t in items]
+        steps = [split_steps(t.response_text, self.grammar) for _, t in items]
         replies = self.ask([self._fmt("locate_fault", question=ex.question, gold=ex.answer, steps=_numbered(st))
                             for (ex, _), st in zip(items, steps)])
         out = []
@@ -234,7 +248,7 @@ class LLMEvolver(Evolver):
         for reply, fb in zip(replies, fallback):
             line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
             line = re.sub(r"^HINT\s*:\s*", "", line, flags=re.I)
-            line = protocol.escape_tool_output(line)  # a hint must not open/close blocks
+            line = self.grammar.escape_tool_output(line)  # a hint must not open/close blocks
             out.append(self.hint_format.format(hint=line) if line else fb)
         return out
 
@@ -249,12 +263,12 @@ class LLMEvolver(Evolver):
         body = _between(reply, self.begin, self.end)
         if body is None:
             return ""
-        segs = [s for s in protocol.parse(body).segments if s.kind not in (protocol.RESULT, protocol.ANSWER)]
+        segs = [s for s in self.grammar.parse(body).segments if s.kind not in (protocol.RESULT, protocol.ANSWER)]
         # keep up to and including the first call; the policy continues after its result
         kept = []
         for s in segs:
             kept.append(s)
-            if s.kind in protocol.TOOL_TAGS:
+            if s.kind in self.grammar.tool_tags:
                 break
         return protocol.render(kept)
 
@@ -265,13 +279,13 @@ class LLMEvolver(Evolver):
                                 for ex, t in items])
             for (ex, t), reply in zip(items, replies):
                 body = _between(reply, self.begin, self.end)
-                if body is None or cost(body) >= cost(t.response_text):
+                if body is None or self._cost(body) >= self._cost(t.response_text):
                     ctx.stats["global_refine/not_shorter_or_unparsed"] += 1
                     continue
-                cands.append(Candidate(ex, t, body.strip(), "global_refine", rank=cost(body), key=f"{t.id}|global_refine",
+                cands.append(Candidate(ex, t, body.strip(), "global_refine", rank=self._cost(body), key=f"{t.id}|global_refine",
                                        meta={"round": ctx.round, "evolver": self.name, "level": "whole"}))
         if self.step_level and items:
-            steps = [split_steps(t.response_text) for _, t in items]
+            steps = [split_steps(t.response_text, self.grammar) for _, t in items]
             replies = self.ask([self._fmt("refine_step", question=ex.question, steps=_numbered(st))
                                 for (ex, _), st in zip(items, steps)])
             todo, prefixes = [], []
@@ -286,8 +300,8 @@ class LLMEvolver(Evolver):
                 prefixes.append(ctx.verifier.complete_prefix("".join(st[: k - 1]) + new))
             for (ex, t), texts in zip(todo, ctx.continue_from(todo, prefixes, "refine-step", n=1)):
                 for text in texts:
-                    if cost(text) < cost(t.response_text):
-                        cands.append(Candidate(ex, t, text, "global_refine", rank=cost(text), key=f"{t.id}|global_refine",
+                    if self._cost(text) < self._cost(t.response_text):
+                        cands.append(Candidate(ex, t, text, "global_refine", rank=self._cost(text), key=f"{t.id}|global_refine",
                                                meta={"round": ctx.round, "evolver": self.name, "level": "step"}))
         return cands
 
@@ -330,8 +344,8 @@ class OracleEvolver(Evolver):
                 continue
             text = ("<think>Follow the plan.</think>" + "".join(protocol.format_call(p.tool, p.query) for p in ex.plan)
                     + protocol.format_answer(ex.answer))
-            best = min(trajs, key=lambda t: cost(t.response_text))
-            if cost(text) < cost(best.response_text):
-                cands.append(Candidate(ex, best, text, "global_refine", rank=cost(text),
+            best = min(trajs, key=lambda t: self._cost(t.response_text))
+            if self._cost(text) < self._cost(best.response_text):
+                cands.append(Candidate(ex, best, text, "global_refine", rank=self._cost(text),
                                        meta={"round": ctx.round, "evolver": self.name, "level": "plan"}))
         return cands

@@ -52,11 +52,12 @@ def _successful_calls(traj: Trajectory) -> int:
     return sum(1 for c in traj.tool_calls if not c.failed)
 
 
-def locate_fault(traj: Trajectory, example: Example) -> Fault:
+def locate_fault(traj: Trajectory, example: Example, grammar: protocol.Grammar) -> Fault:
+    """The first faulty step of ``traj`` (module docstring), its text parsed with the run's ``grammar``."""
     text = traj.response_text
-    parsed = protocol.parse(text)
+    parsed = grammar.parse(text)
     segs = parsed.segments
-    steps = call_steps(segs)
+    steps = call_steps(segs, grammar)
 
     # 1. first failed call: tool_calls are recorded in call order, one per call segment
     for i, call in enumerate(traj.tool_calls):
@@ -95,13 +96,11 @@ def locate_fault(traj: Trajectory, example: Example) -> Fault:
     return Fault(cut, INSUFFICIENT if insufficient else ERRONEOUS, len(steps))
 
 
-def tool_for_fault(example: Example, fault: Fault, traj: Trajectory,
-                   grammar: protocol.Grammar | None = None) -> str | None:
+def tool_for_fault(example: Example, fault: Fault, traj: Trajectory, grammar: protocol.Grammar) -> str | None:
     """The tool a continuation most likely needs (picks the hint template): the failed
     call's kind, else the first tool whose spec lists the example's domain (math: python,
     qa: search). The plan's next tool is deliberately not used, so hints carry no oracle
     knowledge beyond the domain."""
-    grammar = grammar or protocol.default_grammar()
     if fault.kind == ABORTED and fault.step < len(traj.tool_calls):
         kind = traj.tool_calls[fault.step].kind
         if kind in grammar.tool_tags:

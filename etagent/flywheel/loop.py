@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from etagent.behaviour import label_behaviour
-from etagent.flywheel.evolvers import Evolver, PolicyEvolver
+from etagent.flywheel.evolvers import Evolver
 from etagent.flywheel.pool import SAMPLE, Pool
 from etagent.flywheel.report import behaviour_rates, write_round_report
 from etagent.flywheel.steps import ROUND_STEPS, Flywheel, Round
@@ -56,8 +56,13 @@ log = logging.getLogger(__name__)
 ALL_STRATEGIES = tuple(STRATEGIES)  # modify_redundancy, global_refine, self_correct, hint_injection
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlywheelConfig:
+    """The ``flywheel`` config group. ``min_correct`` has no code default: it is the run's QA success
+    threshold unless set apart on purpose (``conf/flywheel/full.yaml``: ``${grading.qa_threshold}``;
+    the official flywheel keeps F1 > 0.8)."""
+
+    min_correct: float  # QA score needed to count as correct; math is 0/1
     strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
     samples_per_question: int = 4  # K
     temperature: float = 1.0  # sampling and continuation temperature
@@ -69,13 +74,12 @@ class FlywheelConfig:
     max_per_question: int = 4  # SFT selection cap per question
     questions_per_round: int | None = 128  # None = all training questions every round
     include_unedited_correct: bool = True  # RFT-style: correct samples are SFT data too
-    min_correct: float = 0.8  # QA F1 needed to count as correct (official flywheel: F1 > 0.8); math is 0/1
     require_same_results: bool = True  # reject an edit whose re-executed results differ
     allow_failed_calls: bool = False  # reject an edit whose re-executed calls fail
     keep_hint_in_data: bool = True  # official: the hint text is part of the training data
     stop_when_no_gain: bool = True
     seed: int = 0
-    evolver: Any = None  # an Evolver overriding the `evolver` group (oracle upper bound only)
+    evolver: Any = None  # an evolver node overriding the `evolver` group (oracle upper bound only; the stage builds it)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -87,41 +91,25 @@ class FlywheelConfig:
         self.strategies = list(self.strategies)
 
 
-def coerce_config(cfg: Any) -> FlywheelConfig:
-    """A FlywheelConfig, or a ``flywheel`` config node built from its ``_target_``."""
-    if isinstance(cfg, FlywheelConfig):
-        return cfg
-    from etagent.config import build
-
-    built = build(cfg, "flywheel")
-    if not isinstance(built, FlywheelConfig):
-        raise TypeError(f"flywheel config: expected a FlywheelConfig or a node with its _target_, got {type(built).__name__}")
-    return built
-
-
 def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 4) if xs else None
 
 
-def _policy(engine: Any, cfg: FlywheelConfig):
-    """The engine's grading policy with the flywheel's success threshold (``min_correct``,
-    which defaults to ``grading.qa_threshold``)."""
-    from etagent import grading
-
-    return grading.policy_of(getattr(engine, "grader", None)).with_threshold(cfg.min_correct)
+def flywheel_grader(engine: Any, cfg: FlywheelConfig):
+    """The engine's grader (the run's) with the flywheel's success threshold (``min_correct``)."""
+    return engine.grader.with_threshold(cfg.min_correct)
 
 
 def build_verifier(engine: Any, cfg: FlywheelConfig) -> Verifier:
-    """Verifier wired to the engine's tools, tokenizer and grader."""
+    """Verifier wired to the engine's tools, tokenizer, grammar and grader (at the flywheel's threshold)."""
     from functools import partial
 
-    from etagent import grading
-
+    grader = flywheel_grader(engine, cfg)
     return Verifier(
-        engine.toolset, engine.backend.tokenizer, getattr(engine, "grader", grading.grade),
-        min_correct=cfg.min_correct, require_same_results=cfg.require_same_results,
-        allow_failed_calls=cfg.allow_failed_calls, max_result_chars=getattr(engine, "max_result_chars", None),
-        result_sep=getattr(engine, "result_sep", ""), label_fn=partial(label_behaviour, policy=_policy(engine, cfg)),
+        engine.toolset, engine.backend.tokenizer, grader, engine.grammar,
+        require_same_results=cfg.require_same_results, allow_failed_calls=cfg.allow_failed_calls,
+        max_result_chars=getattr(engine, "max_result_chars", None), result_sep=getattr(engine, "result_sep", ""),
+        label_fn=partial(label_behaviour, grader=grader, grammar=engine.grammar),
     )
 
 
@@ -135,23 +123,29 @@ def lucky_share(trajs: list[Trajectory], by_id: dict[str, Example]) -> float | N
     return round(len(lucky) / len(known), 4)
 
 
-def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | Path, tracker: Any = None,
-                 finetune_fn: Callable[[list[Trajectory], int], Any] | None = None,
-                 evolver: Evolver | None = None, verifier: Verifier | None = None) -> Pool:
+def run_flywheel(engine: Any, examples: list[Example], cfg: FlywheelConfig, out_dir: str | Path, *,
+                 evolver: Evolver, tracker: Any = None, finetune_fn: Callable[[list[Trajectory], int], Any] | None = None,
+                 verifier: Verifier | None = None) -> Pool:
     """Run the flywheel; returns the pool (also written to ``out_dir/pool.jsonl``).
 
+    The run's grammar and grader come with ``engine`` (the one that samples): the verifier,
+    strategies, fault typing, pool and labels use them, the grader at ``cfg.min_correct``.
+    ``evolver``: built with the same grammar (``evolver`` group, or ``flywheel.evolver``).
     ``finetune_fn(sft_trajectories, round)`` fine-tunes the engine's policy in place (and
     syncs its backend); it must persist its own checkpoint, since on resume the loop calls
     it again for the last finished round so the engine holds the right policy.
     """
-    cfg = coerce_config(cfg)
+    if not isinstance(cfg, FlywheelConfig):
+        raise TypeError(f"run_flywheel: cfg must be a built FlywheelConfig (build the `flywheel` node), "
+                        f"got {type(cfg).__name__}")
+    if evolver.grammar != engine.grammar:
+        raise ValueError(f"run_flywheel: the evolver's grammar {evolver.grammar} is not the engine's {engine.grammar}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    evolver = cfg.evolver or evolver or PolicyEvolver()
     if hasattr(evolver, "bind"):
         evolver.bind(engine.backend)
     fw = Flywheel(engine, list(examples), cfg, verifier or build_verifier(engine, cfg), evolver,
-                  build_strategies(cfg.strategies), _policy(engine, cfg))
+                  build_strategies(cfg.strategies), flywheel_grader(engine, cfg), Pool(engine.grammar))
     finetune = finetune_fn if finetune_fn and cfg.finetune_between_rounds else None
     rows, start, stopped, finetuned_after = _resume(fw, out, finetune)
 
@@ -159,15 +153,15 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
         if stopped:
             break
         t0 = time.time()
-        rnd = Round(r, EvolveContext(engine, fw.verifier, evolver, round=r, extra_calls=cfg.extra_calls,
+        rnd = Round(r, EvolveContext(engine, fw.verifier, evolver, engine.grammar, round=r, extra_calls=cfg.extra_calls,
                                      continuations=cfg.continuations, temperature=cfg.temperature,
                                      keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed))
         for step in ROUND_STEPS:
             step(fw, rnd)
         write_jsonl(out / f"round_{r}.jsonl", rnd.added)
-        gain = sum(1 for t in rnd.added if fw.policy.is_success(None, t.score) and not t.format_errors
+        gain = sum(1 for t in rnd.added if fw.grader.is_success(None, t.score) and not t.format_errors
                    and (cfg.include_unedited_correct or t.meta["strategy"] != SAMPLE))
-        sel = _select(fw.pool, cfg)
+        sel = _select(fw)
         row = _round_row(fw, rnd, gain, sel, t0)
         rows.append(row)
         log.info("flywheel round %d: %d samples (%.0f%% correct), %d edits accepted / %d rejected, "
@@ -185,7 +179,7 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: Any, out_dir: str | 
             atomic_write_json(out / "state.json", {**state, "finetuned_after": r})
 
     fw.pool.save(out / "pool.jsonl")
-    write_jsonl(out / "sft.jsonl", _select(fw.pool, cfg))
+    write_jsonl(out / "sft.jsonl", _select(fw))
     write_round_report(rows, out)
     return fw.pool
 
@@ -204,7 +198,7 @@ def _resume(fw: Flywheel, out: Path, finetune: Callable | None) -> tuple[list[di
     finetuned_after = int(state.get("finetuned_after", 0))
     if not stopped and finetune and 0 < done < cfg.max_rounds:
         # re-run (or reload, if finetune_fn finds its checkpoint) so the engine holds the round-`done` policy
-        finetune(_select(fw.pool, cfg), done)
+        finetune(_select(fw), done)
         finetuned_after = done
         atomic_write_json(state_path, {**state, "finetuned_after": done})
     return rows, done + 1, stopped, finetuned_after
@@ -214,21 +208,22 @@ def _round_row(fw: Flywheel, rnd: Round, gain: int, sel: list[Trajectory], t0: f
     """The round's line of ``rounds.json`` (and the tracker's)."""
     cfg, by_id, pool, samples, stats = fw.cfg, fw.by_id, fw.pool, rnd.samples, rnd.stats
     trajs = pool.trajectories
+    grammar = fw.engine.grammar
     return {
         "round": rnd.r, "questions": len(rnd.questions), "samples": len(samples), "pool_parents": len(rnd.frontier),
         "sample_correct": _mean([float(fw.verifier.is_correct(by_id[s.example_id], s.score)) for s in samples]),
-        "sample_mean_calls": _mean([s.num_calls for s in samples]),
+        "sample_mean_calls": _mean([s.n_calls(grammar) for s in samples]),
         **behaviour_rates(samples, "sample_"),
         "accepted": sum(s["accepted"] for s in stats.values()),
         "rejected": sum(s["rejected"] for s in stats.values()),
         "added": len(rnd.added), "new_correct": gain,
         "pool_size": len(pool),
-        "pool_correct": _mean([float(fw.policy.is_success(None, t.score)) for t in trajs]),
-        "pool_mean_calls": _mean([t.num_calls for t in trajs]),
+        "pool_correct": _mean([float(fw.grader.is_success(None, t.score)) for t in trajs]),
+        "pool_mean_calls": _mean([t.n_calls(grammar) for t in trajs]),
         **behaviour_rates(trajs, "pool_"),
-        "sft_size": len(sel), "sft_mean_calls": _mean([t.num_calls for t in sel]),
+        "sft_size": len(sel), "sft_mean_calls": _mean([t.n_calls(grammar) for t in sel]),
         # no-tool answers to tool-needing questions in the SFT data, without / with grounding
-        "sft_lucky_before": lucky_share(_select(pool, cfg, require_grounded=False), by_id),
+        "sft_lucky_before": lucky_share(_select(fw, require_grounded=False), by_id),
         "sft_lucky": lucky_share(sel, by_id),
         "wall_s": round(time.time() - t0, 2),
         "strategies": {k: {**dict(v), "rejected_by": dict(rnd.rejected_by[k])} for k, v in stats.items()},
@@ -236,10 +231,7 @@ def _round_row(fw: Flywheel, rnd: Round, gain: int, sel: list[Trajectory], t0: f
     }
 
 
-def _select(pool: Pool, cfg: FlywheelConfig, require_grounded: bool = True) -> list[Trajectory]:
-    return pool.select(cfg.max_per_question, cfg.min_correct, cfg.include_unedited_correct, require_grounded)
-
-
-def select_sft(pool: Pool, cfg: Any) -> list[Trajectory]:
-    """The pool trajectories that become SFT data under ``cfg`` (see Pool.select)."""
-    return _select(pool, coerce_config(cfg))
+def _select(fw: Flywheel, require_grounded: bool = True) -> list[Trajectory]:
+    """The pool trajectories that become SFT data (see Pool.select)."""
+    cfg = fw.cfg
+    return fw.pool.select(cfg.max_per_question, fw.grader, cfg.include_unedited_correct, require_grounded)

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 from etagent.flywheel.textops import cost, normalise_response
 from etagent.grading import Grader
+from etagent.protocol import Grammar
 from etagent.records import Trajectory, read_jsonl, write_jsonl
 
 SAMPLE = "sample"
@@ -41,15 +42,17 @@ def answer_grounded(traj: Trajectory, question: str, group: list[Trajectory], is
 
 
 class Pool:
-    def __init__(self, trajectories: Iterable[Trajectory] = ()):
+    """``grammar``: the run's (the de-duplication key and the ranking cost parse with it)."""
+
+    def __init__(self, grammar: Grammar, trajectories: Iterable[Trajectory] = ()):
+        self.grammar = grammar
         self._items: list[Trajectory] = []
         self._keys: set[tuple[str, str]] = set()
         for t in trajectories:
             self.add(t)
 
-    @staticmethod
-    def key(traj: Trajectory) -> tuple[str, str]:
-        return traj.example_id, normalise_response(traj.response_text)
+    def key(self, traj: Trajectory) -> tuple[str, str]:
+        return traj.example_id, normalise_response(traj.response_text, self.grammar)
 
     def add(self, traj: Trajectory) -> bool:
         """Add unless an equal response for the same example is already there."""
@@ -77,15 +80,16 @@ class Pool:
         return list(self._items)
 
     # ------------------------------------------------------------------ selection
-    def select(self, max_per_question: int | None = None, min_correct: float = 0.8,
-               include_unedited: bool = True, require_grounded: bool = True) -> list[Trajectory]:
-        """SFT data: correct (score >= ``min_correct``; math scores are 0/1, QA is F1),
-        format-valid and grounded (``meta['grounded']`` not False: unedited samples pass the
-        loop's grounding check, see :func:`answer_grounded`) trajectories, best first per question."""
+    def select(self, max_per_question: int | None, grader: Grader, include_unedited: bool = True,
+               require_grounded: bool = True) -> list[Trajectory]:
+        """SFT data: correct (score >= ``grader``'s threshold, the flywheel's ``min_correct``; math
+        scores are 0/1, QA is F1), format-valid and grounded (``meta['grounded']`` not False:
+        unedited samples pass the loop's grounding check, see :func:`answer_grounded`)
+        trajectories, best first per question."""
         by_q: dict[str, list[Trajectory]] = defaultdict(list)
-        success = Grader(qa_threshold=min_correct)  # no domain here: the threshold rule (math scores are 0/1)
         for t in self._items:
-            if not success.is_success(None, t.score) or t.format_errors:
+            # no domain here: the threshold rule (math scores are 0/1)
+            if not grader.is_success(None, t.score) or t.format_errors:
                 continue
             if not include_unedited and t.meta.get("strategy") == SAMPLE:
                 continue
@@ -94,7 +98,7 @@ class Pool:
             by_q[t.example_id].append(t)
         out: list[Trajectory] = []
         for qid in sorted(by_q):
-            ranked = sorted(by_q[qid], key=lambda t: (cost(t.response_text), t.id))
+            ranked = sorted(by_q[qid], key=lambda t: (cost(t.response_text, self.grammar), t.id))
             out.extend(ranked[:max_per_question] if max_per_question else ranked)
         return out
 
@@ -103,5 +107,5 @@ class Pool:
         return write_jsonl(path, self._items)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Pool":
-        return cls(read_jsonl(path, Trajectory))
+    def load(cls, path: str | os.PathLike, grammar: Grammar) -> "Pool":
+        return cls(grammar, read_jsonl(path, Trajectory))

@@ -32,8 +32,8 @@ class Flywheel:
     verifier: Verifier
     evolver: Any
     strategies: list[Strategy]
-    policy: Any  # grading policy of the behaviour labels (flywheel success threshold)
-    pool: Pool = field(default_factory=Pool)
+    grader: Any  # the run's grader at the flywheel's success threshold (labels, pool selection, gain)
+    pool: Pool  # built with the engine's grammar
 
     @property
     def by_id(self) -> dict[str, Example]:
@@ -87,7 +87,8 @@ def sample(fw: Flywheel, rnd: Round) -> None:
         s.meta["rollout_strategy"] = s.meta.get("strategy")  # the engine's (standard|branching)
         s.meta.update(round=rnd.r, strategy=SAMPLE, parent_id=None)
         if not s.behaviour:
-            s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id], policy=fw.policy))
+            s.behaviour = dict(label_behaviour(s, by_id[s.example_id], groups[s.example_id], grader=fw.grader,
+                                               grammar=fw.engine.grammar))
         ex = by_id[s.example_id]
         s.meta["grounded"] = answer_grounded(s, ex.question, groups[s.example_id],
                                              lambda t, ex=ex: verifier.is_correct(ex, t.score))

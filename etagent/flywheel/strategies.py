@@ -46,7 +46,7 @@ from etagent.flywheel.textops import (
     salient_tokens,
 )
 from etagent.flywheel.verify import Candidate, Verifier
-from etagent.protocol import RESULT, TEXT, THINK, TOOL_TAGS
+from etagent.protocol import RESULT, TEXT, THINK
 from etagent.records import Example, Trajectory
 
 CORRECT, INCORRECT = "correct", "incorrect"
@@ -55,11 +55,12 @@ Item = tuple[Example, Trajectory]
 
 @dataclass
 class EvolveContext:
-    """What a strategy may use in one round."""
+    """What a strategy may use in one round (``grammar``: the run's, the engine's and verifier's)."""
 
     engine: Any  # RolloutEngine
     verifier: Verifier
     evolver: Any  # evolvers.Evolver
+    grammar: protocol.Grammar
     round: int = 1
     extra_calls: int = 4
     continuations: int = 2  # policy samples per reflection prefix
@@ -130,13 +131,14 @@ class Removal:
     reason: str  # duplicate | failed | unused
 
 
-def remove_redundant(text: str, question: str, statuses: list[str] | None = None,
+def remove_redundant(text: str, question: str, grammar: protocol.Grammar, statuses: list[str] | None = None,
                      remove_failed: bool = True) -> tuple[str, list[Removal]]:
-    """Model-free redundancy edit (see module docstring). Returns (new text, removals)."""
-    segs = protocol.parse(text).segments
+    """Model-free redundancy edit (see module docstring), on ``text`` parsed with the run's
+    ``grammar``. Returns (new text, removals)."""
+    segs = grammar.parse(text).segments
     call_ord = {}
     for i, s in enumerate(segs):
-        if s.kind in TOOL_TAGS:
+        if s.kind in grammar.tool_tags:
             call_ord[i] = len(call_ord)
     statuses = list(statuses or [])
     q_tokens = salient_tokens(question)
@@ -147,11 +149,11 @@ def remove_redundant(text: str, question: str, statuses: list[str] | None = None
         view = [segs[i] for i in live]
         victim = None
         seen_ok: set[tuple[str, str]] = set()
-        for st in call_steps(view):
+        for st in call_steps(view, grammar):
             ci = live[st.call]
             call = segs[ci]
             status = statuses[call_ord[ci]] if call_ord[ci] < len(statuses) else "ok"
-            key = (call.kind, edit_dedup_key(call.kind, call.content))
+            key = (call.kind, edit_dedup_key(call.kind, call.content, grammar))
             end = st.result if st.result is not None else st.call
             before = view[: st.call]
             after = view[end + 1 :]
@@ -206,11 +208,11 @@ def remove_redundant(text: str, question: str, statuses: list[str] | None = None
     return new_text, removals
 
 
-def redundant_step_start(text: str, removal: Removal) -> int:
+def redundant_step_start(text: str, removal: Removal, grammar: protocol.Grammar) -> int:
     """Where the step of a removed call begins: its reasoning for a duplicate/unused call (that
     reasoning only served it), the call itself for a failed one (the retry keeps the reasoning)."""
-    segs = protocol.parse(text).segments
-    steps = call_steps(segs)
+    segs = grammar.parse(text).segments
+    steps = call_steps(segs, grammar)
     st = steps[removal.call_index]
     if removal.reason != "failed" and st.reasoning is not None:
         return segs[st.reasoning].start
@@ -230,33 +232,34 @@ class ModifyRedundancy(Strategy):
         self.continue_after_cut = continue_after_cut
 
     def propose(self, items: list[Item], ctx: EvolveContext) -> list[Candidate]:
+        g = ctx.grammar
         out = []
         todo: list[Item] = []
         prefixes: list[str] = []
         for ex, traj in items:
             text, removals = remove_redundant(
-                traj.response_text, ex.question, [c.status for c in traj.tool_calls], self.remove_failed
+                traj.response_text, ex.question, g, [c.status for c in traj.tool_calls], self.remove_failed
             )
-            if not removals or normalise_response(text) == normalise_response(traj.response_text):
+            if not removals or normalise_response(text, g) == normalise_response(traj.response_text, g):
                 ctx.stats[f"{self.name}/nothing_to_remove"] += 1
                 continue
             out.append(Candidate(
-                ex, traj, text, self.name, rank=cost(text), check_grounding=True,
+                ex, traj, text, self.name, rank=cost(text, g), check_grounding=True,
                 meta={"round": ctx.round, "removed": [r.__dict__ for r in removals], "level": "rule"},
             ))
             first = min(removals, key=lambda r: r.call_index)
             todo.append((ex, traj))
-            prefixes.append(traj.response_text[: redundant_step_start(traj.response_text, first)])
+            prefixes.append(traj.response_text[: redundant_step_start(traj.response_text, first, g)])
         if self.continue_after_cut and todo and ctx.engine is not None:
             for (ex, traj), prefix, texts in zip(todo, prefixes, ctx.continue_from(todo, prefixes, self.name)):
                 seen = set()
                 for text in texts:
-                    key = normalise_response(text)
-                    if key in seen or cost(text) >= cost(traj.response_text):
+                    key = normalise_response(text, g)
+                    if key in seen or cost(text, g) >= cost(traj.response_text, g):
                         ctx.stats[f"{self.name}/continuation_not_shorter"] += 1
                         continue
                     seen.add(key)
-                    out.append(Candidate(ex, traj, text, self.name, rank=cost(text),
+                    out.append(Candidate(ex, traj, text, self.name, rank=cost(text, g),
                                          meta={"round": ctx.round, "level": "continue", "cut": len(prefix)}))
         return out
 
@@ -287,20 +290,21 @@ class _Reflect(Strategy):
             prefix = fault.prefix(traj.response_text) + ins
             prefixes.append(ctx.verifier.complete_prefix(prefix) if ins else prefix)
         conts = ctx.continue_from(items, prefixes, self.name)
+        g = ctx.grammar
         out: list[Candidate] = []
         for (ex, traj), fault, ins, prefix, texts in zip(items, faults, inserts, prefixes, conts):
             seen = set()
             for text in texts:
                 text = self.finalise(text, traj, fault, ins, prefix, ctx)
-                key = normalise_response(text)
+                key = normalise_response(text, g)
                 if key in seen:
                     continue
                 seen.add(key)
                 out.append(Candidate(
-                    ex, traj, text, self.name, rank=cost(text),
+                    ex, traj, text, self.name, rank=cost(text, g),
                     meta={"round": ctx.round, "fault": fault.kind, "fault_step": fault.step,
                           "inserted": ins, "evolver": getattr(ctx.evolver, "name", "")},
-                    kept_failures=protocol.parse(fault.prefix(traj.response_text)).num_calls,
+                    kept_failures=g.parse(fault.prefix(traj.response_text)).num_calls,
                 ))
         return out
 

@@ -2,8 +2,9 @@
 
 A *step* is the reasoning that precedes one tool call, the call, and its ``<result>``;
 the final step is the reasoning before ``<answer>`` plus the answer. All functions are
-pure and work on response text through :mod:`etagent.protocol` (the one module that
-knows the tags), so they apply to sampled, teacher-written and LLM-rewritten text alike.
+pure and work on response text through the run's :class:`etagent.protocol.Grammar` (passed
+in: a configured tool's calls are calls here too), so they apply to sampled, teacher-written
+and LLM-rewritten text alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from etagent import protocol
-from etagent.protocol import RESULT, TEXT, THINK, TOOL_TAGS, Segment
+from etagent.protocol import RESULT, TEXT, THINK, Segment
 
 from etagent.salient import STOPWORDS, salient_tokens  # noqa: F401 - the one shared notion
 
@@ -26,7 +27,7 @@ def model_text(segments: list[Segment]) -> str:
     return " ".join(s.content for s in segments if s.kind != RESULT)
 
 
-def edit_dedup_key(kind: str, query: str, grammar: protocol.Grammar | None = None) -> str:
+def edit_dedup_key(kind: str, query: str, grammar: protocol.Grammar) -> str:
     """The flywheel's call identity when it removes repeated calls from a trajectory
     (``remove_redundant``): whitespace collapsed; case folded for tools whose spec says
     ``case_sensitive=False`` (search).
@@ -37,21 +38,24 @@ def edit_dedup_key(kind: str, query: str, grammar: protocol.Grammar | None = Non
     which edits the flywheel makes (and its numbers).
     """
     q = " ".join(query.split())
-    spec = (grammar or protocol.default_grammar()).spec(kind)
+    spec = grammar.spec(kind)
     return q if spec is None or spec.case_sensitive else q.lower()
 
 
-_TAG_SPACE_RE = re.compile(r"\s*(</?(?:" + "|".join(protocol.TAGS) + r")>)\s*")
+_TAG_SPACE_RES: dict[tuple[str, ...], re.Pattern] = {}
 
 
-def normalise_response(text: str) -> str:
-    """Pool de-duplication key: whitespace runs collapsed, whitespace around tags dropped."""
-    return _TAG_SPACE_RE.sub(r"\1", " ".join((text or "").split()))
+def normalise_response(text: str, grammar: protocol.Grammar) -> str:
+    """Pool de-duplication key: whitespace runs collapsed, whitespace around the grammar's tags dropped."""
+    pattern = _TAG_SPACE_RES.get(grammar.tags)
+    if pattern is None:
+        pattern = _TAG_SPACE_RES[grammar.tags] = re.compile(r"\s*(</?(?:" + "|".join(grammar.tags) + r")>)\s*")
+    return pattern.sub(r"\1", " ".join((text or "").split()))
 
 
-def cost(text: str) -> tuple[int, int]:
+def cost(text: str, grammar: protocol.Grammar) -> tuple[int, int]:
     """(tool calls, characters the model wrote) — smaller is more efficient."""
-    parsed = protocol.parse(text)
+    parsed = grammar.parse(text)
     return parsed.num_calls, len(model_text(parsed.segments).strip())
 
 
@@ -64,10 +68,10 @@ class CallStep:
     reasoning: int | None  # think/text segment directly before the call (None when absent)
 
 
-def call_steps(segments: list[Segment]) -> list[CallStep]:
+def call_steps(segments: list[Segment], grammar: protocol.Grammar) -> list[CallStep]:
     steps: list[CallStep] = []
     for i, s in enumerate(segments):
-        if s.kind not in TOOL_TAGS:
+        if s.kind not in grammar.tool_tags:
             continue
         j = i + 1
         while j < len(segments) and is_blank(segments[j]):
@@ -81,14 +85,14 @@ def call_steps(segments: list[Segment]) -> list[CallStep]:
     return steps
 
 
-def split_steps(text: str) -> list[str]:
+def split_steps(text: str, grammar: protocol.Grammar) -> list[str]:
     """Cut a response into steps at the start of each step's reasoning (text kept verbatim).
 
-    ``"".join(split_steps(t)) == t``; used to number steps for an LLM evolver.
+    ``"".join(split_steps(t, g)) == t``; used to number steps for an LLM evolver.
     """
-    segments = protocol.parse(text).segments
+    segments = grammar.parse(text).segments
     cuts = [0]
-    for st in call_steps(segments):
+    for st in call_steps(segments, grammar):
         start = segments[st.reasoning].start if st.reasoning is not None else segments[st.call].start
         end = segments[st.result].end if st.result is not None else segments[st.call].end
         if start > cuts[-1]:

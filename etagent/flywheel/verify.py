@@ -2,20 +2,21 @@
 
 For each candidate response text (an edit, a rewrite or a continuation):
 
-1. grammar: :func:`etagent.protocol.validate` (a missing ``<result>`` after a call is
-   tolerated on input, since LLM rewrites may omit them; results are re-inserted);
+1. grammar: the run's :meth:`etagent.protocol.Grammar.validate` (a missing ``<result>`` after a
+   call is tolerated on input, since LLM rewrites may omit them; results are re-inserted);
 2. tools: every remaining call is re-executed with the real :class:`ToolSet`; its
    ``<result>`` block is replaced by the fresh one; a failed call rejects the candidate
    (``allow_failed_calls``; a reflection on an aborted call may keep that call, which the
    hint or reflection step reacts to: ``Candidate.kept_failures``), and so does a fresh result that differs from the one the
    text was conditioned on (``require_same_results``: the later reasoning would no longer
    follow from what the tool says);
-3. answer: re-extracted and re-graded; math must be correct, QA needs F1 >= ``min_correct``;
+3. answer: re-extracted and re-graded by the flywheel's grader; math must be correct, QA needs
+   F1 >= its threshold (``flywheel.min_correct``);
 4. grounding (edits that delete content only): answer tokens that came from the parent's
    tool results must still come from a remaining result.
 
 Accepted candidates become new :class:`Trajectory` records, re-encoded with
-:func:`protocol.encode_response` (result tokens masked) and carrying provenance in
+:meth:`Grammar.encode_response` (result tokens masked) and carrying provenance in
 ``meta`` (round, strategy, parent_id). Rejections are returned with a reason so the loop
 can count them per strategy. Departure from the official flywheel, which keeps data
 without any verification (method-spec §3, known defects).
@@ -29,7 +30,6 @@ from typing import Any, Callable
 
 from etagent import grading, protocol
 from etagent.flywheel.textops import call_steps, salient_tokens
-from etagent.protocol import TOOL_TAGS
 from etagent.records import OK, Example, ToolCall, Trajectory
 
 ACCEPTED, FORMAT, TOOL_FAILED, RESULT_CHANGED, INCORRECT, UNGROUNDED = (
@@ -80,15 +80,19 @@ def traj_id(example_id: str, strategy: str, round_: Any, text: str) -> str:
 
 
 class Verifier:
-    """Re-execute, re-grade, format-check; build accepted trajectories."""
+    """Re-execute, re-grade, format-check; build accepted trajectories.
+
+    ``grader``: the flywheel's (the run's grader with the ``min_correct`` threshold): it grades
+    the answer and decides whether it is correct. ``grammar``: the run's (parse, validate, encode).
+    """
 
     def __init__(
         self,
         toolset: Any,
         tokenizer: Any,
-        grader: Callable[[Example, str | None], float] = grading.grade,
+        grader: grading.Grader,
+        grammar: protocol.Grammar,
         *,
-        min_correct: float = 0.8,
         require_same_results: bool = True,
         allow_failed_calls: bool = False,
         max_result_chars: int | None = None,
@@ -98,8 +102,7 @@ class Verifier:
         self.toolset = toolset
         self.tokenizer = tokenizer
         self.grader = grader
-        self.min_correct = min_correct
-        self._success = grading.Grader(qa_threshold=min_correct)  # what counts as correct: the flywheel's threshold
+        self.grammar = grammar
         self.require_same_results = require_same_results
         self.allow_failed_calls = allow_failed_calls
         self.max_result_chars = max_result_chars
@@ -108,7 +111,7 @@ class Verifier:
 
     # ------------------------------------------------------------------ helpers
     def is_correct(self, example: Example, score: float) -> bool:
-        return self._success.is_success(example.domain, score)
+        return self.grader.is_success(example.domain, score)
 
     def _output(self, res: Any) -> str:
         out = res.output or ""
@@ -121,11 +124,11 @@ class Verifier:
     def complete_prefix(self, prefix: str) -> str:
         """Append the fresh result to a prefix that ends with a closed, unanswered call
         (used when an evolver writes a new step that ends in a call)."""
-        call = protocol.last_call(prefix)
+        call = self.grammar.last_call(prefix)
         if call is None:
             return prefix
         (res,) = self.toolset.execute([(call.kind, call.content)])
-        return prefix + self.result_sep + protocol.format_result(self._output(res))
+        return prefix + self.result_sep + self.grammar.format_result(self._output(res))
 
     # ------------------------------------------------------------------ main
     def verify(self, candidates: list[Candidate]) -> list[Verdict]:
@@ -134,7 +137,7 @@ class Verifier:
         calls: list[tuple[str, str]] = []
         spans: list[tuple[int, int]] = []
         for i, cand in enumerate(candidates):
-            parsed = protocol.parse(cand.text)
+            parsed = self.grammar.parse(cand.text)
             errs = [e for e in parsed.errors if e.code != "call_without_result"]
             parsed_all.append(parsed)
             if errs:
@@ -142,7 +145,7 @@ class Verifier:
                 spans.append((len(calls), len(calls)))
                 continue
             start = len(calls)
-            calls.extend((s.kind, s.content) for s in parsed.segments if s.kind in TOOL_TAGS)
+            calls.extend((s.kind, s.content) for s in parsed.segments if s.kind in self.grammar.tool_tags)
             spans.append((start, len(calls)))
         results = self.toolset.execute(calls) if calls else []
         for i, cand in enumerate(candidates):
@@ -153,7 +156,7 @@ class Verifier:
 
     def _check(self, cand: Candidate, parsed: protocol.ParsedResponse, results: list[Any]) -> Verdict:
         segs = parsed.segments
-        steps = call_steps(segs)
+        steps = call_steps(segs, self.grammar)
         by_call = {st.call: st for st in steps}
         skip = {st.result for st in steps if st.result is not None}
         pieces: list[str] = []
@@ -173,25 +176,25 @@ class Verifier:
                     old = segs[st.result].content
                     between = "".join(x.render() for x in segs[i + 1 : st.result])
                     pieces.append(between)
-                    if _norm(old) != _norm(protocol.escape_tool_output(out.strip())):
+                    if _norm(old) != _norm(self.grammar.escape_tool_output(out.strip())):
                         changed += 1
                 else:
                     pieces.append(self.result_sep)
-                pieces.append(protocol.format_result(out))
+                pieces.append(self.grammar.format_result(out))
                 # the blank text between call and result was already emitted
                 if st.result is not None:
                     skip.update(range(i + 1, st.result))
                 tool_calls.append(ToolCall(s.kind, s.content, out, res.status, float(res.wall_s)))
                 failed += res.status != OK and len(tool_calls) > cand.kept_failures
         text = "".join(pieces)
-        errs = protocol.validate(text)
+        errs = self.grammar.validate(text)
         if errs:
             return Verdict(cand, FORMAT, detail="; ".join(str(e) for e in errs[:3]))
         if failed and not self.allow_failed_calls:
             return Verdict(cand, TOOL_FAILED, detail=f"{failed} call(s) failed on re-execution")
         if changed and self.require_same_results:
             return Verdict(cand, RESULT_CHANGED, detail=f"{changed} result(s) differ on re-execution")
-        answer = grading.block_answer(text)  # the same answer-block-only credit as the rollout engine
+        answer = grading.block_answer(text, self.grammar)  # the same answer-block-only credit as the rollout engine
         score = float(self.grader(cand.example, answer))
         if not self.is_correct(cand.example, score):
             return Verdict(cand, INCORRECT, detail=f"answer {answer!r} scores {score:.2f}")
@@ -210,7 +213,7 @@ class Verifier:
 
     def _build(self, cand: Candidate, text: str, calls: list[ToolCall], answer: str | None, score: float) -> Trajectory:
         parent = cand.parent
-        ids, mask = protocol.encode_response(self.tokenizer, text) if self.tokenizer is not None else ([], [])
+        ids, mask = self.grammar.encode_response(self.tokenizer, text) if self.tokenizer is not None else ([], [])
         meta = {
             "round": cand.meta.get("round"),
             "strategy": cand.strategy,

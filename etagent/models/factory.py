@@ -81,8 +81,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_policy(path: str | Path, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
-    """Load (model, tokenizer) from a local dir or hub name; LoRA adapters are merged by the trainer."""
+def load_policy(path: str | Path, *, dtype: str, device: str, trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a local dir or hub name; LoRA adapters are merged by the trainer.
+    ``dtype`` and ``device``: the run's (``model.dtype``, ``device``: ``RunEnv.dtype``/``.device``)."""
     model = AutoModelForCausalLM.from_pretrained(
         str(path), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
     )

@@ -15,8 +15,9 @@ It gives three mechanisms:
   entity name) are atomic tokens matched as whole words, so ``Zorvan`` is one id whether
   a space, a tag or a parenthesis precedes it (plain BPE would give `` Zorvan`` after a
   space and ``Zorvan`` after ``<search>``: two unrelated ids for one name);
-* protocol tags are atomic *non-special* added tokens: they survive ``decode`` (so parsing
-  decoded ids works), make stop detection a single-token match, and split the text so a
+* protocol tags (``tag_tokens``: the run's grammar's, ``Grammar.tag_tokens``, so a configured
+  tool's tags are atomic too) are atomic *non-special* added tokens: they survive ``decode`` (so
+  parsing decoded ids works), make stop detection a single-token match, and split the text so a
   piece-wise encoding equals a whole-text one at every tag.
 
 Measured on the seed agent (issue 12, README): one-digit-per-token numbers and 2-3 BPE
@@ -27,12 +28,10 @@ test correctness); with the rule it learns its teacher.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-from etagent import protocol
 
 EOS = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -48,10 +47,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2,
-                    atomic_words: Iterable[str] = (), digit_chunk: int = 3) -> PreTrainedTokenizerFast:
+def build_tokenizer(texts: Iterable[str], *, tag_tokens: Sequence[str], vocab_size: int = 512,
+                    min_frequency: int = 2, atomic_words: Iterable[str] = (),
+                    digit_chunk: int = 3) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` and return it as a fast HF tokenizer (rule: module doc).
 
+    ``tag_tokens``: the run's protocol tags (``Grammar.tag_tokens``), added as atomic tokens.
     ``vocab_size`` counts the BPE vocabulary; tags, ``atomic_words`` and the digit chunks
     (10 + 100 + 1000 for ``digit_chunk=3``) are added on top.
     """
@@ -80,7 +81,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: 
     chunks = [f"{i:0{k}d}" for k in range(1, digit_chunk + 1) for i in range(10**k)]
     tok.add_tokens([AddedToken(c, normalized=False, special=False) for c in chunks])
     # Tags: atomic, not "special", so skip_special_tokens never drops them.
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in protocol.TAG_TOKENS])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in tag_tokens])
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,

@@ -1,7 +1,11 @@
-"""Builders shared by stages: example splits, tools, backends, rollout engines, SFT configs.
+"""Builders shared by stages: the run environment, example splits, backends, rollout engines, SFT configs.
 
-Stages never instantiate components themselves; they call these, so the wiring between
-config groups lives in one place.
+:func:`run_env` builds the run's :class:`etagent.runenv.RunEnv` once per run (grammar, grader
+with the task's domain rules, the lazily built tool set over this run's world corpus, backend
+kind, dtype) and every builder here hands its pieces on explicitly. The wiring between config
+groups that several stages share lives here; a stage builds its own group's component itself
+(``build(ctx.cfg.flywheel)``, ``build(ctx.cfg.eval)``, ...), passing what it needs from the
+environment.
 """
 
 from __future__ import annotations
@@ -14,15 +18,33 @@ from omegaconf import OmegaConf
 from etagent.config import build
 from etagent.pipeline.context import RunContext
 from etagent.records import Example, read_jsonl
+from etagent.runenv import RunEnv
+
+_ENV_KEY = "run_env"
+
+
+def run_env(ctx: RunContext) -> RunEnv:
+    """The run's environment, built once (kept in ``ctx.cache``; the runner closes it at the end)."""
+    env = ctx.cache.get(_ENV_KEY)
+    if env is None:
+        env = ctx.cache[_ENV_KEY] = RunEnv.from_config(ctx.cfg, toolset_factory=lambda: make_toolset(ctx))
+        ctx.closers.append(env.close)
+    return env
 
 
 def load_split(ctx: RunContext, split: str) -> list[Example]:
-    """Examples of a split as written by the `world` stage (falls back to the task)."""
+    """Examples of a split as written by the `world` stage; their domains must be the task's."""
     key = f"examples:{split}"
     if key not in ctx.cache:
         f = ctx.world_dir / f"{split}.jsonl"
         if f.exists():
-            ctx.cache[key] = list(read_jsonl(f, Example))
+            examples = list(read_jsonl(f, Example))
+            domains = run_env(ctx).grader.domains
+            bad = next((e for e in examples if e.domain not in domains), None)
+            if bad is not None:
+                raise ValueError(f"{f}: example {bad.id!r} has domain {bad.domain!r}, not one of the task's "
+                                 f"domains {sorted(domains)} (task.domains)")
+            ctx.cache[key] = examples
         elif split == "dev" and (ctx.world_dir / "test.jsonl").exists():
             ctx.cache[key] = []  # benchmarks ship only a test split; dev evaluation is skipped
         else:
@@ -38,23 +60,6 @@ def examples_by_id(ctx: RunContext) -> dict[str, Example]:
         except FileNotFoundError:
             pass
     return out
-
-
-def tool_grammar(ctx: RunContext):
-    """The tag grammar of the configured tools (``tools``), read from their classes without
-    building them (equal to ``make_toolset(ctx).grammar``)."""
-    from etagent.tools import config_grammar
-
-    return config_grammar(ctx.cfg.get("tools") or {})
-
-
-def system_prompt(ctx: RunContext) -> str | None:
-    """The configured system prompt (`prompts.system`, null = the one derived from the configured
-    tools), if the model uses one."""
-    if not bool(ctx.cfg.model.get("use_system_prompt", False)):
-        return None
-    configured = ctx.cfg.get("prompts", {}).get("system")
-    return str(configured) if configured else tool_grammar(ctx).system_prompt
 
 
 def check_search_corpus(ctx: RunContext) -> None:
@@ -77,7 +82,8 @@ def check_search_corpus(ctx: RunContext) -> None:
 
 
 def make_toolset(ctx: RunContext):
-    """The tool set; on the embedded world the search corpus is this run's `world/corpus.jsonl`."""
+    """A new tool set (stages use the run's, ``run_env(ctx).toolset``, built by this on first use);
+    on the embedded world the search corpus is this run's `world/corpus.jsonl`."""
     from etagent.tools import build_toolset
 
     check_search_corpus(ctx)
@@ -101,30 +107,28 @@ def make_toolset(ctx: RunContext):
 
 
 def make_backend(ctx: RunContext, policy: Any, tokenizer: Any = None):
-    """A generation backend for a policy (a loaded model for `hf`, a path for vllm/openai)."""
-    target = str(ctx.cfg.backend._target_)
-    if target.endswith("HFBackend"):
+    """A generation backend for a policy: a loaded model for `hf`, a checkpoint path for `vllm`;
+    a server already serves the policy under `backend.model`, so it only tokenises."""
+    kind = run_env(ctx).backend_kind
+    if kind == "hf":
         return build(ctx.cfg.backend, "backend", model=policy, tokenizer=tokenizer)
-    if target.endswith("VLLMBackend"):
+    if kind == "vllm":
         return build(ctx.cfg.backend, "backend", model=str(policy), tokenizer=tokenizer)
-    # a server: it already serves the policy under `backend.model`; we only tokenise
     return build(ctx.cfg.backend, "backend", tokenizer=tokenizer)
 
 
-def is_hf(ctx: RunContext) -> bool:
-    return str(ctx.cfg.backend._target_).endswith("HFBackend")
-
-
 def load_policy(ctx: RunContext, path: Path):
+    """(model, tokenizer) of a checkpoint, with the run's dtype and device."""
     from etagent.models.factory import load_policy as _load
 
-    return _load(path, dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
+    env = run_env(ctx)
+    return _load(path, dtype=env.dtype, device=env.device)
 
 
 def policy_backend(ctx: RunContext, path: Path):
     """(backend, model or None) for a policy checkpoint: the hf backend shares an in-process
     model; vllm/openai load or serve the checkpoint themselves, so only the tokenizer is read."""
-    if is_hf(ctx):
+    if run_env(ctx).backend_kind == "hf":
         model, tok = load_policy(ctx, path)
         return make_backend(ctx, model, tok), model
     from etagent.models.tokenizer import load_tokenizer
@@ -132,21 +136,12 @@ def policy_backend(ctx: RunContext, path: Path):
     return make_backend(ctx, path, load_tokenizer(path)), None
 
 
-def grading_policy(ctx: RunContext, qa_metric: str | None = None):
-    """The run's one :class:`etagent.grading.GradingPolicy` (config ``grading``); a stage
-    passes its own ``qa_metric`` (``reward.qa_metric``, ``eval.qa_metric``), which default to
-    ``grading.qa_metric``."""
-    from etagent.grading import QA_SUCCESS_THRESHOLD, GradingPolicy
-
-    g = ctx.cfg.get("grading") or {}
-    return GradingPolicy(qa_metric=str(qa_metric or g.get("qa_metric") or "f1"),
-                         qa_threshold=float(g.get("qa_threshold", QA_SUCCESS_THRESHOLD)))
-
-
-def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None):
-    """A rollout engine grading with ``policy`` (default: :func:`grading_policy`)."""
-    return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=toolset,
-                 grader=policy if policy is not None else grading_policy(ctx), system_prompt=system_prompt(ctx))
+def make_engine(ctx: RunContext, backend: Any, grader: Any):
+    """A rollout engine over the run's tool set and grammar, grading with ``grader`` (the run's,
+    ``run_env(ctx).grader``, or a stage's derivation of it: its ``qa_metric``, a judge)."""
+    env = run_env(ctx)
+    return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=env.toolset, grader=grader, grammar=env.grammar,
+                 system_prompt=env.system_prompt)
 
 
 def sft_config(ctx: RunContext, which: str):

@@ -1,4 +1,9 @@
-"""What every stage receives: the config, the run directory, the tracker and shared artefact paths."""
+"""What every stage receives: the config, the run directory, the tracker and shared artefact paths.
+
+``cache`` keeps what several stages share within one process (the run environment,
+``etagent.pipeline.components.run_env``; loaded splits); :meth:`RunContext.close` (the runner,
+after the last stage) releases what registered a closer there (the tool set's worker pools).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,11 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
 from etagent.utils import markers
-
-# Policies in the order stages produce them; eval/report compare all that exist.
-POLICY_ORDER = ("seed", "ase", "rl")
 
 
 @dataclass
@@ -23,6 +25,12 @@ class RunContext:
     tracker: Any
     resume: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Run the registered closers (last registered first), once."""
+        while self.closers:
+            self.closers.pop()()
 
     def stage_dir(self, stage: str) -> Path:
         d = self.run_dir / stage

@@ -4,7 +4,9 @@ The runner, the config validator (``etagent.config.validate.STAGES``), the repor
 CLI help all read this list, so adding a stage is a ``stage_<name>.py`` module with a
 ``run(ctx) -> dict`` function plus one line here (and the name in ``conf/config.yaml``'s
 default ``stages`` if it runs by default). Modules are imported only when a stage runs:
-validating a config must stay cheap (no torch import).
+validating a config must stay cheap (no torch import). Data only: the config validator and the
+report read it, so it imports nothing of etagent but the error type (layer ``base``,
+docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def get(name: str, key: str = "stages") -> StageSpec:
     try:
         return _BY_NAME[str(name)]
     except KeyError:
-        from etagent.config.validate import ConfigError
+        from etagent.config.errors import ConfigError
 
         raise ConfigError(f"{key}: unknown stage {name!r} (known: {list(STAGE_NAMES)})") from None
 

@@ -236,6 +236,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]
             tracker.log({"wall_s": wall}, stage=f"pipeline/{stage}")
             log.info("%-9s done in %6.1fs | %s", stage, wall, _one_line(summary))
     finally:
+        ctx.close()  # the run environment's tool set (worker pools)
         tracker.finish()
     total = time.time() - t_all
     result = {"run_dir": str(run_dir), "wall_s": round(total, 1), "stages": summaries}

@@ -22,7 +22,7 @@ def run(ctx: RunContext) -> dict:
     if not data.exists():
         raise FileNotFoundError(f"{data} missing: run the `flywheel` stage first")
     seed_policy = ctx.policies().get("seed") or ctx.latest_policy()
-    fcfg = ctx.cfg.flywheel
+    env = components.run_env(ctx)
     if not any(True for line in open(data) if line.strip()):
         # Nothing correct to learn from (e.g. a very weak seed): ASE keeps the seed policy
         # rather than failing the run; the report shows the empty pool.
@@ -32,10 +32,9 @@ def run(ctx: RunContext) -> dict:
             shutil.rmtree(adir / "final")
         shutil.copytree(seed_policy, adir / "final")
         return {"trajectories": 0, "note": "empty flywheel pool: ASE policy = seed policy"}
+    # sft.jsonl is the flywheel's selection already (flywheel.max_per_question, min_correct, ...)
     run_ase(seed_policy, str(data), components.sft_config(ctx, "ase"), adir, tracker=ctx.tracker,
-            max_per_question=fcfg.get("max_per_question"), min_correct=float(fcfg.get("min_correct", 0.8)),
-            include_unedited=bool(fcfg.get("include_unedited_correct", True)),
-            dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
+            grammar=env.grammar, dtype=env.dtype, device=env.device)
     info = read_json(adir / "ase_data.json") if (adir / "ase_data.json").exists() else {}
     out = {k: v for k, v in info.items() if isinstance(v, (int, float))}
     return {**out, **sft_budget_summary(adir / "final", "ase")}

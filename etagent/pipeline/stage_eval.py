@@ -4,7 +4,8 @@ Policies are evaluated in pipeline order (seed, ase, rl_stage_1, ...; ``base`` f
 pretrained model). Each policy's result is written on its own and skipped on resume,
 so an interrupted evaluation continues with the next policy.
 
-Grading is the run's :class:`etagent.grading.Grader` with ``eval.qa_metric``.
+Grading is the run's :class:`etagent.grading.Grader` with ``eval.qa_metric``; calls are the
+run's grammar's.
 ``judge=llm``: math equivalence is decided by the LLM judge (the paper's Qwen2.5-72B role;
 ``judge.backend: null`` = the evaluated policy's own backend) and, with
 ``eval.concise_judge=true``, conciseness too (``conciseness_judge``; the rule-based
@@ -34,7 +35,7 @@ def run(ctx: RunContext) -> dict:
     if ecfg.max_examples:
         examples = examples[: ecfg.max_examples]
     edir = ctx.stage_dir("eval")
-    policy = components.grading_policy(ctx, ecfg.qa_metric)
+    grader = components.run_env(ctx).grader.with_metric(ecfg.qa_metric)
     judge_cfg = ctx.cfg.get("judge")
     if ecfg.concise_judge and judge_cfg is None:
         from etagent.config.validate import ConfigError
@@ -42,28 +43,27 @@ def run(ctx: RunContext) -> dict:
         raise ConfigError("eval.concise_judge=true needs an LLM judge: add `judge=llm`")
     policies = ctx.policies()
     overall: dict[str, dict] = {}
-    with components.make_toolset(ctx) as toolset:
-        for name, path in policies.items():
-            pdir = edir / name
-            if (pdir / "metrics.json").exists():
-                overall[name] = read_json(pdir / "metrics.json")["overall"]
-                continue
-            backend, model = components.policy_backend(ctx, path)
-            # judge=llm: math equivalence by the judge (judge.backend null = this policy's backend),
-            # and with eval.concise_judge the judge's conciseness verdicts (conciseness_judge)
-            judge = build_judge(judge_cfg, backend=backend) if judge_cfg is not None else None
-            engine = components.make_engine(ctx, backend, toolset, policy.with_judge(judge) if judge else policy)
-            concise_fn = judge.concise_fn if judge is not None and ecfg.concise_judge else None
-            with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
-                trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update,
-                                          concise_fn=concise_fn)
-            if judge is not None:
-                metrics["judge"] = dict(judge.stats)  # items, votes, errors (unparsable/failed votes), shortcuts
-            write_eval(pdir, name, trajs, metrics)
-            overall[name] = metrics["overall"]
-            ctx.tracker.log({k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
-                            stage=f"eval/{name}")
-            del model, backend, engine  # free the policy before loading the next one
+    for name, path in policies.items():
+        pdir = edir / name
+        if (pdir / "metrics.json").exists():
+            overall[name] = read_json(pdir / "metrics.json")["overall"]
+            continue
+        backend, model = components.policy_backend(ctx, path)
+        # judge=llm: math equivalence by the judge (judge.backend null = this policy's backend),
+        # and with eval.concise_judge the judge's conciseness verdicts (conciseness_judge)
+        judge = build_judge(judge_cfg, backend=backend) if judge_cfg is not None else None
+        engine = components.make_engine(ctx, backend, grader.with_judge(judge) if judge else grader)
+        concise_fn = judge.concise_fn if judge is not None and ecfg.concise_judge else None
+        with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
+            trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update,
+                                      concise_fn=concise_fn)
+        if judge is not None:
+            metrics["judge"] = dict(judge.stats)  # items, votes, errors (unparsable/failed votes), shortcuts
+        write_eval(pdir, name, trajs, metrics)
+        overall[name] = metrics["overall"]
+        ctx.tracker.log({k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
+                        stage=f"eval/{name}")
+        del model, backend, engine  # free the policy before loading the next one
     atomic_write_json(edir / "summary.json", {"policies": list(overall), "overall": overall})
     if overall:  # the results themselves belong in the run's log, not only in files
         from etagent.evaluation.metrics import metrics_table_markdown

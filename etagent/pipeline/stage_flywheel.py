@@ -33,6 +33,7 @@ def make_finetuner(ctx: RunContext, fdir: Path, backend: Any, start_policy: Path
     selection, save it (atomically, by train_sft), and hand the new weights to ``backend``."""
     from etagent.flywheel.ase import run_ase
 
+    env = components.run_env(ctx)
     current = {"policy": Path(start_policy)}
 
     def finetune(selection: list, round_: int) -> None:
@@ -43,9 +44,9 @@ def make_finetuner(ctx: RunContext, fdir: Path, backend: Any, start_policy: Path
                 log.warning("flywheel: round %d selected no SFT data; the policy is not fine-tuned", round_)
                 return
             run_ase(current["policy"], selection, components.sft_config(ctx, "ase"), out, tracker=ctx.tracker,
-                    dtype=str(ctx.cfg.model.get("dtype", "float32")), device=str(ctx.cfg.device))
+                    grammar=env.grammar, dtype=env.dtype, device=env.device)
         current["policy"] = final
-        if components.is_hf(ctx):
+        if env.backend_kind == "hf":
             model, _ = components.load_policy(ctx, final)
             backend.sync_weights(model)
         else:
@@ -62,19 +63,26 @@ def run(ctx: RunContext) -> dict:
     if not train:
         raise ValueError("flywheel: the task has no training split (benchmarks are test-only)")
     policy = ctx.latest_policy()
-    fcfg = build(ctx.cfg.flywheel, "flywheel")
-    evolver = build(ctx.cfg.evolver, "evolver") if ctx.cfg.get("evolver") is not None else None
-    finetune = bool(getattr(fcfg, "finetune_between_rounds", False))
-    if finetune and not (components.is_hf(ctx) or str(ctx.cfg.backend._target_).endswith("VLLMBackend")):
+    env = components.run_env(ctx)
+    # the evolver is built here, with the run's grammar: `flywheel.evolver` (the oracle upper
+    # bound) overrides the `evolver` group
+    fcfg = build(ctx.cfg.flywheel, "flywheel", evolver=None)
+    node = ctx.cfg.flywheel.evolver if ctx.cfg.flywheel.get("evolver") is not None else ctx.cfg.get("evolver")
+    if node is None:
+        from etagent.config.validate import ConfigError
+
+        raise ConfigError("evolver: null, and flywheel.evolver is null: the flywheel needs an evolver (evolver=policy)")
+    evolver = build(node, "evolver", grammar=env.grammar)
+    finetune = bool(fcfg.finetune_between_rounds)
+    if finetune and not env.follows_weights:
         from etagent.config.validate import ConfigError
 
         raise ConfigError("flywheel.finetune_between_rounds=true needs backend=hf or backend=vllm "
                           "(a server's weights cannot follow the fine-tuning)")
-    with components.make_toolset(ctx) as toolset:
-        backend, _ = components.policy_backend(ctx, policy)
-        engine = components.make_engine(ctx, backend, toolset)
-        finetune_fn = make_finetuner(ctx, fdir, backend, policy) if finetune else None
-        pool = run_flywheel(engine, train, fcfg, fdir, tracker=ctx.tracker, evolver=evolver, finetune_fn=finetune_fn)
+    backend, _ = components.policy_backend(ctx, policy)
+    engine = components.make_engine(ctx, backend, env.grader)
+    finetune_fn = make_finetuner(ctx, fdir, backend, policy) if finetune else None
+    pool = run_flywheel(engine, train, fcfg, fdir, tracker=ctx.tracker, evolver=evolver, finetune_fn=finetune_fn)
     summary = {"pool": len(pool)} if hasattr(pool, "__len__") else {}
     try:
         from etagent.utils.io import read_json

@@ -5,9 +5,10 @@ current policy, selects questions with the `sampling` group (NSGA-II Pareto by d
 trains GRPO with the `reward` group's reward, checkpoints and evaluates on dev. Stage
 markers and GRPO checkpoints make a killed run resume where it stopped.
 
-The rollouts are graded by one :class:`etagent.grading.Grader` built from
-``reward.qa_metric`` and ``grading.qa_threshold`` (what the reward sees is what the engine
-graded). Backends: ``hf`` shares the trainer's in-process model; ``vllm`` is handed a saved
+The rollouts are graded by the run's :class:`etagent.grading.Grader` with
+``reward.qa_metric`` (what the reward sees is what the engine graded); the reward counts calls
+with the run's grammar and the Pareto sampler decides success with that grader at
+``sampling.qa_threshold``. Backends: ``hf`` shares the trainer's in-process model; ``vllm`` is handed a saved
 checkpoint directory (``rl/vllm_weights``) and reloaded from it after every update
 (departure from ARPO/verl, which stream weights into the running engine: a reload is slow
 but works on any vLLM version); ``openai`` is refused at start-up (a server's weights
@@ -51,23 +52,19 @@ class CheckpointSynced:
         return getattr(self.backend, name)
 
 
-def _backend_kind(ctx: RunContext) -> str:
-    target = str(ctx.cfg.backend._target_)
-    return "hf" if target.endswith("HFBackend") else "vllm" if target.endswith("VLLMBackend") else "server"
-
-
-def rl_components(cfg: Any) -> tuple[Any, Any, Any, Callable[..., Any]]:
-    """(schedule, rl hyper-parameters, reward, trainer factory), each instantiated from its ``_target_``.
+def rl_components(cfg: Any, grammar: Any) -> tuple[Any, Any, Any, Callable[..., Any]]:
+    """(schedule, rl hyper-parameters, reward, trainer factory), each instantiated from its ``_target_``;
+    the reward counts calls with ``grammar`` (the run's).
 
     The algorithm is ``rl.algo`` (built inside ``rl``): the trainer only samples, scores,
     updates and checkpoints, so ``rl/algo=rloo`` is the whole change for RLOO.
     """
     from etagent.rl.grpo import GRPOTrainer
 
-    reward = build(cfg.reward, "reward")
+    reward = build(cfg.reward, "reward", grammar=grammar)
     schedule = build(cfg.schedule, "schedule")
     rl = build(cfg.rl, "rl")
-    return schedule, rl, reward, functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+    return schedule, rl, reward, functools.partial(GRPOTrainer, reward_fn=reward, cfg=rl)
 
 
 def start_policy(ctx: RunContext, start: str) -> Path:
@@ -92,7 +89,8 @@ def run(ctx: RunContext) -> dict:
     from etagent.config.validate import ConfigError
     from etagent.rl.curriculum import rl_budget, run_curriculum
 
-    kind = _backend_kind(ctx)
+    env = components.run_env(ctx)
+    kind = env.backend_kind
     if kind == "server":
         raise ConfigError(f"backend={ctx.cfg.backend._target_}: the rl stage trains the policy, but a server's "
                           "weights never follow the trainer; use backend=hf or backend=vllm (or drop `rl` from stages)")
@@ -101,31 +99,29 @@ def run(ctx: RunContext) -> dict:
     dev = components.load_split(ctx, "dev")
     ecfg = build(ctx.cfg.eval, "eval")
     sampler = build(ctx.cfg.sampling, "sampling")
-    schedule, rl, reward, make_trainer = rl_components(ctx.cfg)
+    schedule, rl, reward, make_trainer = rl_components(ctx.cfg, env.grammar)
     start = start_policy(ctx, schedule.start)
-    reward.use_grammar(components.tool_grammar(ctx))  # f_tool counts every configured tool's calls
     # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
-    policy = components.grading_policy(ctx, reward.qa_metric)
-    with components.make_toolset(ctx) as toolset:
+    grader = env.grader.with_metric(reward.qa_metric)
 
-        def make_engine(model, tok):
-            if kind == "vllm":  # vLLM loads a directory, never an in-memory module
-                ckpt = CheckpointSynced.save(model, tok, rdir / "vllm_weights")
-                backend = CheckpointSynced(components.make_backend(ctx, ckpt, tok), ckpt, tok)
-            else:
-                backend = components.make_backend(ctx, model, tok)
-            return components.make_engine(ctx, backend, toolset, policy)
+    def make_engine(model, tok):
+        if kind == "vllm":  # vLLM loads a directory, never an in-memory module
+            ckpt = CheckpointSynced.save(model, tok, rdir / "vllm_weights")
+            backend = CheckpointSynced(components.make_backend(ctx, ckpt, tok), ckpt, tok)
+        else:
+            backend = components.make_backend(ctx, model, tok)
+        return components.make_engine(ctx, backend, grader)
 
-        def evaluate_fn(model, tok, examples, name):
-            engine = make_engine(model, tok)
-            _, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed))
-            return metrics["overall"]
+    def evaluate_fn(model, tok, examples, name):
+        engine = make_engine(model, tok)
+        _, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed))
+        return metrics["overall"]
 
-        result = run_curriculum(
-            start, train, dev, schedule, rl, reward, sampler, rdir, ctx.tracker,
-            evaluate_fn if dev else None, make_engine=make_engine,
-            load_fn=lambda p: components.load_policy(ctx, p), make_trainer=make_trainer,
-        )
+    result = run_curriculum(
+        start, train, dev, schedule, rl, reward, sampler, rdir, ctx.tracker,
+        evaluate_fn if dev else None, make_engine=make_engine,
+        load_fn=lambda p: components.load_policy(ctx, p), make_trainer=make_trainer,
+    )
     out: dict[str, Any] = {"stages": len(schedule.stages), "start": schedule.start}
     try:  # the planned compute, equal across the study's groups (tests/test_study_configs.py)
         budget = rl_budget(schedule, rl, len(train))
@@ -137,5 +133,6 @@ def run(ctx: RunContext) -> dict:
     if ctx.cfg.get("export") == "verl":
         from etagent.export.verl import export_from_run
 
-        out["verl_parquet"] = str(export_from_run(ctx.run_dir, ctx.run_dir / "export" / "verl_train.parquet"))
+        out["verl_parquet"] = str(export_from_run(ctx.run_dir, ctx.run_dir / "export" / "verl_train.parquet",
+                                                  system_prompt=env.tool_prompt))
     return out

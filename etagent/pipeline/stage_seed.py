@@ -22,14 +22,16 @@ def run(ctx: RunContext) -> dict:
     from etagent.train.sequences import from_text
     from etagent.train.sft import train_sft
 
+    env = components.run_env(ctx)
     wdir, sdir = ctx.world_dir, ctx.stage_dir("seed")
-    model, tok = load_policy(wdir / "model_init", device=str(ctx.cfg.device))
+    # a scratch model is built in float32 (model.dtype is the dtype of loading a trained policy)
+    model, tok = load_policy(wdir / "model_init", dtype="float32", device=env.device)
     examples = {e.id: e for e in components.load_split(ctx, "train")}
-    system = components.system_prompt(ctx)
     seqs = []
     for row in read_jsonl_dicts(wdir / "teacher.jsonl"):
         ex = examples[row["example_id"]]
-        seqs.append(from_text(tok, build_prompt_ids(tok, ex.question, system), row["response_text"]))
+        seqs.append(from_text(tok, build_prompt_ids(tok, ex.question, env.system_prompt), row["response_text"],
+                              grammar=env.grammar))
     if not seqs:  # task=jsonl without task.trajectories_path: nothing to imitate, the seed is the base model
         import shutil
 

@@ -39,13 +39,13 @@ def run(ctx: RunContext) -> dict:
     if not ctx.scratch_model:
         return summary
 
+    env = components.run_env(ctx)
     train = components.load_split(ctx, "train")
     teacher_file = wdir / "teacher.jsonl"
     if not teacher_file.exists():
         # a user task (task=jsonl) brings its own demonstrations: the flawed teacher needs tool plans
-        teacher = task.seed_agent() if hasattr(task, "seed_agent") else build(cfg.seed_agent, "seed_agent")
-        with components.make_toolset(ctx) as toolset:
-            texts = teacher.write(train, toolset)
+        teacher = task.seed_agent(env.grader) if hasattr(task, "seed_agent") else build(cfg.seed_agent, "seed_agent")
+        texts = teacher.write(train, env.toolset)
         atomic_write_text(teacher_file, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
     teacher_rows = read_jsonl_dicts(teacher_file)
     from etagent.seed.teacher import summarize
@@ -62,7 +62,8 @@ def run(ctx: RunContext) -> dict:
         questions = [e.question for split in ("train", "dev") for e in components.load_split(ctx, split)]
         texts = [r["response_text"] for r in teacher_rows] + questions + corpus
         lexicon = task.lexicon() if hasattr(task, "lexicon") else []
-        tok = build_tokenizer(texts, vocab_size=spec.vocab_size, atomic_words=lexicon)
+        tok = build_tokenizer(texts, tag_tokens=env.grammar.tag_tokens, vocab_size=spec.vocab_size,
+                              atomic_words=lexicon)
         model = build_scratch_model(spec, len(tok), tok.eos_token_id, tok.pad_token_id, seed=int(cfg.seed))
         tok.save_pretrained(str(tok_dir))
         tmp = model_dir.with_name(model_dir.name + ".tmp")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from etagent.evaluation.metrics import TABLE_COLUMNS, metrics_table_markdown
-from etagent.report.identity import IGNORED_KEYS, IGNORED_PREFIXES, _key, group_of  # noqa: F401
+from etagent.report.identity import IGNORED_KEYS, IGNORED_PREFIXES, _key, group_of, split_override_dirname  # noqa: F401
 from etagent.report.rundata import load_policies, load_yaml, policy_label
 from etagent.utils.io import atomic_write_json, atomic_write_text
 
@@ -53,24 +53,6 @@ class SweepRun:
     seed: Any
     policy: str | None = None     # the policy whose metrics are aggregated
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def split_override_dirname(name: str) -> list[str]:
-    """``a=1,b=[x,y],seed=2`` -> ``["a=1", "b=[x,y]", "seed=2"]`` (commas inside brackets kept)."""
-    parts, depth, cur = [], 0, ""
-    for ch in name:
-        if ch in "[({":
-            depth += 1
-        elif ch in "])}":
-            depth = max(depth - 1, 0)
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if cur:
-        parts.append(cur)
-    return [p for p in parts if "=" in p]
 
 
 def _is_run(p: Path) -> bool:

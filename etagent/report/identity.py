@@ -24,6 +24,24 @@ def group_of(overrides: Sequence[str]) -> str:
     return ",".join(kept) or "default"
 
 
+def split_override_dirname(name: str) -> list[str]:
+    """``a=1,b=[x,y],seed=2`` -> ``["a=1", "b=[x,y]", "seed=2"]`` (commas inside brackets kept)."""
+    parts, depth, cur = [], 0, ""
+    for ch in name:
+        if ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth = max(depth - 1, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        parts.append(cur)
+    return [p for p in parts if "=" in p]
+
+
 def read_overrides(run_dir: Path) -> list[str] | None:
     f = Path(run_dir) / ".hydra" / "overrides.yaml"
     if not f.exists():
@@ -45,8 +63,6 @@ def run_identity(run_dir: str | Path, config: Mapping[str, Any] | None = None,
     if overrides is None:
         overrides = read_overrides(run_dir)
     if overrides is None:  # a sweep job dir named by its override dirname
-        from etagent.report.compare import split_override_dirname
-
         overrides = split_override_dirname(run_dir.name)
     seed = config.get("seed")
     if seed is None:

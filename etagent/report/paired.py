@@ -158,7 +158,7 @@ def load_units(run_dir: str | Path, policy: str, overall: Mapping[str, Any],
                metrics: Sequence[str] = tuple(m for m, *_ in PAIRED_METRICS)) -> Units | None:
     """Per-question values of ``policy`` in ``run_dir`` (eval trajectories + the world's examples of
     the eval split); None when the trajectories or examples are not there."""
-    from etagent.report.results import _examples, _trajectories, unit_metrics
+    from etagent.report.results import _examples, _trajectories, run_scoring, unit_metrics
     from etagent.report.rundata import load_yaml
 
     run_dir = Path(run_dir)
@@ -166,7 +166,9 @@ def load_units(run_dir: str | Path, policy: str, overall: Mapping[str, Any],
     split = str((config.get("eval") or {}).get("split") or "test")
     examples = _examples(run_dir, split)
     trajs = _trajectories(run_dir / "eval" / policy)
-    units = unit_metrics(trajs, examples)
+    if not trajs:
+        return None
+    units = unit_metrics(trajs, examples, **run_scoring(run_dir))
     if not units:
         return None
     by_q: dict[str, list[Mapping[str, Any]]] = {}

@@ -22,8 +22,8 @@
     gold, answer, score, correct, calls, calls_<tool>..., failed_calls, model_tokens,
     finish_reason, redundant, insufficient, aborted, erroneous, n_redundant, n_aborted
 
-``correct`` is the binary success (math: score 1; QA: F1 >= the success threshold), ``score``
-the graded value. Both tables are written by the ``report`` stage and by
+``correct`` is the binary success by the run's own grader (math: score 1; QA: F1 >= the run's
+``grading.qa_threshold``), ``score`` the graded value; ``calls`` counts calls with the run's grammar. Both tables are written by the ``report`` stage and by
 ``python -m etagent.report.results RUN_DIR``; ``etagent-compare`` concatenates the runs'
 tables of a sweep into the same schema.
 """
@@ -65,21 +65,31 @@ def _trajectories(pdir: Path) -> list[Any]:
     return list(read_jsonl(f, Trajectory)) if f.exists() else []
 
 
-def unit_metrics(trajs: Sequence[Any], examples: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """Each trajectory's own metrics (compute_metrics on one trajectory): the per-unit values a
-    metric averages, whatever its current definition; None when the examples are not at hand."""
+def run_scoring(run_dir: Path) -> dict[str, Any]:
+    """The run's own grader (with its ``eval.qa_metric``) and grammar, rebuilt from its saved
+    config: what per-question values are computed with (``unit_metrics(..., **run_scoring(d))``)."""
+    from etagent.report.rundata import run_env
+
+    env = run_env(Path(run_dir))
+    return {"grader": env.grader.with_metric(env.cfg.eval.qa_metric), "grammar": env.grammar}
+
+
+def unit_metrics(trajs: Sequence[Any], examples: Mapping[str, Any], *, grader: Any,
+                 grammar: Any) -> list[dict[str, Any]] | None:
+    """Each trajectory's own metrics (compute_metrics on one trajectory, with the run's grader and
+    grammar): the per-unit values a metric averages, whatever its current definition; None when
+    the examples are not at hand."""
     from etagent.evaluation.metrics import compute_metrics
 
     if not trajs or any(t.example_id not in examples for t in trajs):
         return None
-    return [compute_metrics([t], examples) for t in trajs]
+    return [compute_metrics([t], examples, grader=grader, grammar=grammar) for t in trajs]
 
 
 def question_rows(ident: Mapping[str, Any], policy: str, split: str, trajs: Sequence[Any],
                   units: Sequence[Mapping[str, Any]] | None, examples: Mapping[str, Any], task: str,
-                  tools: Sequence[str]) -> list[dict[str, Any]]:
+                  tools: Sequence[str], *, grader: Any, grammar: Any) -> list[dict[str, Any]]:
     from etagent.evaluation.metrics import paper_call_failed
-    from etagent.grading import is_success
 
     rows = []
     for i, t in enumerate(trajs):
@@ -99,9 +109,9 @@ def question_rows(ident: Mapping[str, Any], policy: str, split: str, trajs: Sequ
                "benchmark": (ex.source if ex is not None else task), "question": ex.question if ex else None,
                "gold": ex.answers[0] if ex is not None and ex.answers else None, "answer": t.answer,
                "score": float(t.score),
-               "correct": bool(is_success(domain, float(t.score))) if domain else float(t.score) >= 1.0,
+               "correct": bool(grader.is_success(domain, float(t.score))) if domain else float(t.score) >= 1.0,
                # the metrics' own call count (the official rule), so calls.mean() == mean_calls
-               "calls": int(round(u["mean_calls"])) if "mean_calls" in u else t.num_calls,
+               "calls": int(round(u["mean_calls"])) if "mean_calls" in u else t.n_calls(grammar),
                **{f"calls_{k}": v for k, v in by_tool.items()}, "calls_other": other,
                "failed_calls": sum(paper_call_failed(c) for c in t.tool_calls), "model_tokens": t.model_tokens,
                "finish_reason": t.finish_reason}
@@ -172,11 +182,14 @@ def run_tables(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str
     examples = _examples(run_dir, split)
     results: list[dict[str, Any]] = []
     questions: list[dict[str, Any]] = []
+    score: dict[str, Any] = {}  # the run's grader (with eval.qa_metric) and grammar, once trajectories need them
     for policy, m in load_policies(run_dir).items():
         trajs = _trajectories(run_dir / "eval" / policy)
-        units = unit_metrics(trajs, examples)
-        tools = sorted({c.kind for t in trajs for c in t.tool_calls} | {"python", "search"})
-        qrows = question_rows(ident, policy, split, trajs, units, examples, task, tools)
+        if trajs and not score:
+            score = run_scoring(run_dir)
+        units = unit_metrics(trajs, examples, **score) if trajs else None
+        tools = sorted({c.kind for t in trajs for c in t.tool_calls} | set(score["grammar"].tool_tags if score else ()))
+        qrows = question_rows(ident, policy, split, trajs, units, examples, task, tools, **score) if trajs else []
         questions += qrows
         base = {**ident, "policy": policy, "split": split}
         results += metric_rows({**base, "domain": "all", "benchmark": task}, m["overall"], units)
@@ -189,7 +202,7 @@ def run_tables(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str
                 for src in sources:
                     sidx = [i for i in idx if qrows[i]["benchmark"] == src]
                     sub = [trajs[i] for i in sidx]
-                    sm = compute_metrics(sub, {t.example_id: examples[t.example_id] for t in sub})
+                    sm = compute_metrics(sub, {t.example_id: examples[t.example_id] for t in sub}, **score)
                     results += metric_rows({**base, "domain": dom, "benchmark": src}, sm,
                                            [units[i] for i in sidx] if units else None)
     return results, questions

@@ -116,6 +116,37 @@ def load_yaml(path: Path) -> Any:
         raise ValueError(f"{path}{where}: invalid YAML: {exc}") from exc
 
 
+def run_env(run_dir: Path) -> Any:
+    """The run environment of a finished run (:class:`etagent.runenv.RunEnv`: its tools' grammar,
+    its task's grader) from the config it saved (``config.yaml``), so the report counts calls and
+    decides success as the run did (its threshold, its domains).
+
+    A run saved before task nodes named their domain rules (no ``task.domains``) was graded by the
+    built-in rules (``conf/task/domains/builtin.yaml``), which are used for it, with a warning.
+    """
+    import logging
+
+    from omegaconf import OmegaConf, open_dict
+
+    from etagent.config.errors import ConfigError
+    from etagent.config.location import conf_dir
+    from etagent.runenv import RunEnv
+
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: the report needs the run's config (its tools and grading)")
+    cfg = OmegaConf.load(path)
+    missing = [k for k in ("tools", "grading", "task") if cfg.get(k) is None]
+    if missing:
+        raise ConfigError(f"{path}: no {missing} section(s): cannot rebuild the run's grammar and grader")
+    if cfg.task.get("domains") is None:
+        logging.getLogger(__name__).warning("%s: no task.domains (a run saved before domains were config): "
+                                            "grading with the built-in domain rules", path)
+        with open_dict(cfg):
+            cfg.task.domains = OmegaConf.load(conf_dir() / "task" / "domains" / "builtin.yaml")
+    return RunEnv.from_config(cfg)
+
+
 def load_policies(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Policy metrics in pipeline order: eval/<policy>/metrics.json, else eval/summary.json's overall."""
     edir = run_dir / "eval"
@@ -246,13 +277,15 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
     """Per RL stage (``stage_1`` ...), the sampler's view of each sampled question.
 
     ``{"ids", "var_calls", "var_correct", "front", "selected", "fallback"}``: the two
-    objectives of the Pareto selection (population variance over the K rollouts of tool
-    calls and of correctness, as :mod:`etagent.rl.curriculum` computes them from
+    objectives of the Pareto selection (population variance over the K rollouts of executed
+    tool calls, ``Trajectory.n_executed``, and of correctness, as :mod:`etagent.rl.curriculum`
+    computes them from
     ``stage_k/samples.jsonl``), the NSGA-II front of each point (0 = non-dominated) and
     whether ``selection.json`` lists it. Stages without saved samples are left out.
     """
     import numpy as np
 
+    from etagent.records import EXECUTED_STATUSES
     from etagent.rl.pareto import front_ranks, group_variances
 
     out: dict[str, dict[str, Any]] = {}
@@ -266,7 +299,7 @@ def pareto_points(rd: RunData) -> dict[str, dict[str, Any]]:
         groups: dict[str, tuple[list[float], list[float]]] = {}
         for t in read_jsonl_dicts(f):
             calls, corr = groups.setdefault(str(t["example_id"]), ([], []))
-            calls.append(float(len(t.get("tool_calls") or [])))
+            calls.append(float(sum(c.get("status") in EXECUTED_STATUSES for c in t.get("tool_calls") or [])))
             corr.append(float(t.get("score", t.get("correct", 0.0))))  # "correct": before the rename
         if not groups:
             continue

@@ -33,7 +33,7 @@ import copy
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -191,7 +191,12 @@ def sample_pool(n: int, count: int | None, seed: int, stage: int) -> list[int]:
 
 def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler, rl: GRPOConfig,
                       sched: Schedule, stage: int, samples_path: Path | None = None) -> dict[str, Any]:
-    """Roll out ``spec.k`` per pool question, run the sampler, return ids and stats."""
+    """Roll out ``spec.k`` per pool question, run the sampler, return ids and stats.
+
+    The sampler's statistics are per rollout: its executed tool calls (``Trajectory.n_executed``:
+    budget-refused and invalid calls did not run; released ``pareto/data_process.py``) and its
+    correctness; success is decided with the engine's grader (the run's, at the sampler's threshold).
+    """
     from etagent.backends.base import SamplingParams
 
     trajs = []
@@ -206,13 +211,13 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
     for t in trajs:
         by_group.setdefault(t.group_id, []).append(t)
     groups = [by_group.get(f"sample{stage}/{ex.id}", []) for ex in pool]
-    tool_counts = [[t.num_calls for t in g] for g in groups]
+    tool_counts = [[t.n_executed for t in g] for g in groups]
     correctness = [[float(t.score) for t in g] for g in groups]
     domains = [ex.domain for ex in pool]
     sel = copy.copy(sampler)
     if spec.select is not None and hasattr(sel, "count"):
         sel.count = int(spec.select)
-    idx = list(sel.select(tool_counts, correctness, domains))
+    idx = list(sel.select(tool_counts, correctness, domains, engine.grader))
     fallback = False
     if not idx and sched.on_empty == "sampled":
         idx, fallback = list(range(len(pool))), True
@@ -246,7 +251,7 @@ def run_curriculum(
     evaluate_fn: Callable[..., Mapping[str, Any]] | None,
     *,
     make_engine: Callable[[Any, Any], Any],
-    load_fn: Callable[[Path], tuple[Any, Any]] | None = None,
+    load_fn: Callable[[Path], tuple[Any, Any]],
     make_trainer: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of the schedule; returns the final policy path and per-stage summaries.
@@ -254,8 +259,8 @@ def run_curriculum(
     ``schedule``, ``rl`` and ``reward`` are built objects (:class:`Schedule`,
     :class:`~etagent.rl.grpo.GRPOConfig`, :class:`~etagent.rl.reward.RewardFn`).
     ``make_engine(model, tokenizer)`` builds the rollout engine for a stage's policy (its
-    backend must see the trainer's weights after ``sync_weights``); ``load_fn(path)``
-    loads ``(model, tokenizer)`` (default :func:`etagent.models.factory.load_policy`);
+    backend must see the trainer's weights after ``sync_weights``; its grader is the run's);
+    ``load_fn(path)`` loads ``(model, tokenizer)`` (the run's dtype and device);
     ``evaluate_fn(model, tokenizer, dev_examples, name) -> metrics`` scores a policy on
     dev (None skips evaluation); ``make_trainer(model, tokenizer, engine, out_dir=,
     tracker=)`` builds a stage's trainer (default: :class:`~etagent.rl.grpo.GRPOTrainer`
@@ -267,14 +272,10 @@ def run_curriculum(
         if not isinstance(obj, cls):
             raise TypeError(f"run_curriculum: `{key}` must be a built {cls.__name__} "
                             f"(hydra.utils.instantiate of its _target_), got {type(obj).__name__}")
-    if load_fn is None:
-        from etagent.models.factory import load_policy
-
-        load_fn = load_policy
     if make_trainer is None:
         from etagent.rl.grpo import GRPOTrainer
 
-        make_trainer = functools.partial(GRPOTrainer, reward_cfg=reward, cfg=rl)
+        make_trainer = functools.partial(GRPOTrainer, reward_fn=reward, cfg=rl)
     train_examples = list(train_examples)
     by_id = {e.id: e for e in train_examples}
     if len(by_id) != len(train_examples):
@@ -283,7 +284,7 @@ def run_curriculum(
                      evaluate_fn, make_engine, load_fn, make_trainer)
     cur.out_dir.mkdir(parents=True, exist_ok=True)
     current = Path(policy_path)
-    summary: dict[str, Any] = {"stages": [], "reward": asdict(reward), "sampler": getattr(sampler, "name", None)}
+    summary: dict[str, Any] = {"stages": [], "reward": reward.settings(), "sampler": getattr(sampler, "name", None)}
     before = cur.evaluate_start(current)
     if before is not None:
         summary["before"] = before

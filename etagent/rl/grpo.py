@@ -2,7 +2,8 @@
 
 One step = ``prompts_per_step`` questions x ``group_size`` rollouts from the rollout
 engine (current weights), rewards over the whole ``[P, G, C]`` batch in one tensor op
-(:mod:`etagent.rl.reward`, sigma decayed over the stage and logged), group-relative
+(the reward object is called: :class:`etagent.rl.reward.RewardFn`, which owns the sigma
+schedule; the sigmas it applied are logged), group-relative
 advantages, then ``ppo_epochs`` x ``mini_batches`` clipped updates on model tokens only
 (tool-result ids carry loss-mask 0 and get exactly zero gradient).
 
@@ -41,7 +42,7 @@ import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -136,33 +137,6 @@ def fingerprint(examples: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def as_reward_fn(reward: Any) -> rw.RewardFn:
-    """The ``reward`` group as a RewardFn: built objects pass, a config node is instantiated from its ``_target_``."""
-    if isinstance(reward, rw.RewardFn):
-        return reward
-    if reward is None:
-        return rw.RewardFn()
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    node = reward if OmegaConf.is_config(reward) else OmegaConf.create(dict(reward))
-    built = instantiate(node) if "_target_" in node else rw.RewardFn(**node)
-    if not isinstance(built, rw.RewardFn):
-        raise ValueError(f"reward._target_ must build a RewardFn, got {type(built).__name__}")
-    return built
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    try:
-        return cfg[key] if key in cfg else getattr(cfg, key, default)
-    except TypeError:
-        return getattr(cfg, key, default)
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -171,13 +145,15 @@ class GRPOTrainer:
 
     CKPT_DIR = "checkpoints"
 
-    def __init__(self, model, tokenizer, engine, reward_cfg, cfg: GRPOConfig | Mapping[str, Any],
+    def __init__(self, model, tokenizer, engine, reward_fn: Callable[..., rw.ShapedReward], cfg: GRPOConfig,
                  out_dir: str | Path, tracker=None, ref_model=None) -> None:
-        self.cfg = cfg if isinstance(cfg, GRPOConfig) else GRPOConfig(**{k: v for k, v in dict(cfg).items()
-                                                                          if k != "_target_"})
+        if not isinstance(cfg, GRPOConfig):
+            raise TypeError(f"GRPOTrainer: cfg must be a built GRPOConfig (the `rl` node), got {type(cfg).__name__}")
+        self.cfg = cfg
         self.tokenizer = tokenizer
         self.engine = engine
-        self.reward_fn = as_reward_fn(reward_cfg)
+        # called as reward_fn(groups, step, total_steps, sigma0) -> ShapedReward (etagent.rl.reward.RewardFn)
+        self.reward_fn = reward_fn
         self.out_dir = Path(out_dir)
         self.tracker = tracker
         self.algo: Algorithm = self.cfg.algo
@@ -243,16 +219,6 @@ class GRPOTrainer:
         }
 
     # ------------------------------------------------------------------ one step
-    def sigmas(self, step: int, total: int, sigma0: Mapping[str, float] | None = None) -> tuple[float, float]:
-        """(sigma_tool, sigma_len) at 0-based ``step``; ``sigma0`` (per stage) overrides the reward config."""
-        rc = self.reward_fn
-        if rc.mode == "correctness":
-            return 0.0, 0.0  # no shaping: log what is actually applied
-        s_tool = _get(sigma0, "sigma_tool")
-        s_len = _get(sigma0, "sigma_len")
-        return (rw.sigma_schedule(rc.sigma_tool if s_tool is None else float(s_tool), step, total, rc.schedule),
-                rw.sigma_schedule(rc.sigma_len if s_len is None else float(s_len), step, total, rc.schedule))
-
     def rollout(self, batch: Sequence[Any], step: int, stage_name: str) -> list[list[Any]]:
         """``[P][G]`` trajectories for ``batch`` (grouped by question, engine order kept)."""
         from etagent.backends.base import SamplingParams
@@ -280,12 +246,6 @@ class GRPOTrainer:
             out.append(take)
         return out
 
-    def compute_rewards(self, groups: list[list[Any]], sigma_tool: float,
-                        sigma_len: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(components [P,G,C], shaped rewards [P,G]): one tensor op over the whole step."""
-        comps = self.reward_fn.components(groups)
-        return comps, rw.shape_rewards(comps, sigma_tool, sigma_len, self.reward_fn.mode)
-
     def train_step(self, batch: Sequence[Any], step: int, total: int, stage_name: str = "rl",
                    sigma0: Mapping[str, float] | None = None) -> dict[str, Any]:
         cfg = self.cfg
@@ -293,8 +253,8 @@ class GRPOTrainer:
         self.model.eval()
         groups = self.rollout(batch, step, stage_name)
         t_roll = time.time() - t0
-        sigma_tool, sigma_len = self.sigmas(step, total, sigma0)
-        comps, rewards = self.compute_rewards(groups, sigma_tool, sigma_len)
+        shaped = self.reward_fn(groups, step, total, sigma0)
+        comps, rewards, sigma_tool, sigma_len = shaped.components, shaped.rewards, shaped.sigma_tool, shaped.sigma_len
         adv = self.algo.advantage(rewards.float())
         flat = [t for g in groups for t in g]
         flat_adv = adv.reshape(-1).to(self.device)
@@ -403,7 +363,7 @@ class GRPOTrainer:
             "adv_abs_mean": float(adv.abs().mean()),
             "correct_mean": float(np.mean([t.score for t in flat])),
             "format_error_rate": float(np.mean([bool(t.format_errors) for t in flat])),
-            "tool_calls_mean": float(np.mean([t.num_calls for t in flat])),
+            "tool_calls_mean": float(comps[..., rw.N_CALLS].float().mean()),  # official count (Trajectory.n_calls)
             "model_tokens_mean": float(np.mean([t.model_tokens for t in flat])),
             "response_tokens_mean": float(np.mean([len(t.response_ids) for t in flat])),
         }

@@ -1,7 +1,8 @@
 """Group-wise Pareto selection of RL training questions (method-spec section 5).
 
 For each question we have the K rollouts of the current policy. Two objectives, both
-maximised: the population variance of the rollouts' tool-call counts and the population
+maximised: the population variance of the rollouts' tool-call counts (calls that ran:
+``Trajectory.n_executed``, as the released code counts executed calls) and the population
 variance of their correctness. Questions are taken front by front of the non-dominated
 sort (NSGA-II); the front that does not fit in ``count`` is cut by crowding distance,
 largest first; finally questions whose rollouts all succeed or all fail are dropped
@@ -33,8 +34,9 @@ never changes which questions are selected; we list by index instead.)
 
 Departures: the mixed-outcome filter runs after the ``count`` cut, as in the official
 code, so fewer than ``count`` questions may come back; pass a larger ``count`` or use
-``filter_mixed=False`` to change that. ``domains=None`` applies the QA threshold rule,
-which on 0/1 correctness is the math rule.
+``filter_mixed=False`` to change that. Success and failure are the run's grader's (its domain
+rules and threshold); ``domains=None`` applies the threshold rule, which on 0/1 correctness is
+the math rule.
 """
 
 from __future__ import annotations
@@ -44,9 +46,7 @@ from typing import Sequence
 
 import numpy as np
 
-from etagent.grading import QA_SUCCESS_THRESHOLD, Grader
-
-QA_THRESHOLD = QA_SUCCESS_THRESHOLD  # sampling.qa_threshold's default: the grader's
+from etagent.grading import Grader
 
 
 # --------------------------------------------------------------------------- objectives
@@ -176,38 +176,35 @@ def pareto_rank(obj_a: Sequence[float], obj_b: Sequence[float], count: int) -> l
 # --------------------------------------------------------------------------- entry point
 
 
-def has_mixed_outcomes(values: Sequence[float], domain: str | None, qa_threshold: float = QA_THRESHOLD) -> bool:
-    """Whether a question's rollouts both succeed and fail (official filter), by the
-    :class:`etagent.grading.Grader` rule of ``domain`` (None: the threshold rule)."""
-    return Grader(qa_threshold=qa_threshold).mixed(values, domain)
+def has_mixed_outcomes(values: Sequence[float], domain: str | None, grader: Grader) -> bool:
+    """Whether a question's rollouts both succeed and fail (official filter), by ``grader``'s
+    rule of ``domain`` (None: the threshold rule)."""
+    return grader.mixed(values, domain)
 
 
 def mixed_only(
     indices: Sequence[int],
     correctness: Sequence[Sequence[float]],
-    domains: Sequence[str] | None = None,
-    qa_threshold: float = QA_THRESHOLD,
+    domains: Sequence[str] | None,
+    grader: Grader,
 ) -> list[int]:
     """The ``indices`` (order kept) whose question has mixed outcomes (:func:`has_mixed_outcomes`)."""
-    return [
-        i
-        for i in indices
-        if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], qa_threshold)
-    ]
+    return [i for i in indices if has_mixed_outcomes(correctness[i], None if domains is None else domains[i], grader)]
 
 
 def pareto_select(
     tool_counts: Sequence[Sequence[float]],
     correctness: Sequence[Sequence[float]],
     count: int,
-    domains: Sequence[str] | None = None,
-    qa_threshold: float = QA_THRESHOLD,
+    domains: Sequence[str] | None,
+    grader: Grader | None,
     filter_mixed: bool = True,
 ) -> list[int]:
     """Select up to ``count`` informative questions, ranked (see module docstring).
 
-    ``tool_counts[i]`` / ``correctness[i]``: per-rollout tool-call counts and correctness
-    (math 0/1, QA F1) of question ``i``; ``domains[i]`` in {"math", "qa"}.
+    ``tool_counts[i]`` / ``correctness[i]``: per-rollout executed tool calls and correctness
+    (math 0/1, QA F1) of question ``i``; ``domains[i]``: its answer domain; ``grader``: the
+    run's, at the sampler's threshold (needed when ``filter_mixed``).
     """
     if len(tool_counts) != len(correctness):
         raise ValueError(
@@ -222,4 +219,6 @@ def pareto_select(
     ranked = pareto_rank(var_tool, var_corr, int(count))
     if not filter_mixed:
         return ranked
-    return mixed_only(ranked, correctness, domains, qa_threshold)
+    if grader is None:
+        raise ValueError("pareto_select: filter_mixed needs the run's grader (what counts as a success)")
+    return mixed_only(ranked, correctness, domains, grader)

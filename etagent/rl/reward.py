@@ -16,18 +16,23 @@ response that boxes its answer in ``<think>`` or plain text gets correctness 0 (
 format penalty only). Which grammar violations count is ``format_rules``: ``strict``
 (etagent default: the official rules plus ``unknown_tag`` and ``text_after_answer``) or
 ``official`` (the released ``validate_format``); see :data:`etagent.protocol.STRICT_ONLY_CODES`.
-Calls are counted by paired tags (official ``count_valid_tags``).
+Calls are counted by paired tags of the run's grammar (official ``count_valid_tags``:
+``Trajectory.n_calls``), so a configured tool's calls count too.
 
 Both factors are 1 at the group mean, up to 2 below it, down to 0 above it. With
 ``mode="correctness"`` (the baseline, ``reward=correctness``) score = correctness +
 format_penalty. ``2 / (1 + exp(x))`` is computed as ``2 * sigmoid(-x)`` (same value,
 no overflow).
 
-sigma schedule (:func:`sigma_schedule`): ``linear_decay`` multiplies sigma by
-(T - t) / (T - 1) over the T steps of a stage (t = 1..T, i.e. 1 at the first step, 0 at
-the last), as the official reward manager's ``efficiency_sigma_factor``; ``constant``
-keeps it. The released stage scripts set sigma = 0 (shaping off): etagent makes sigma an
-explicit, logged config value instead.
+sigma schedule (:func:`sigma_schedule`, applied in one place: :meth:`RewardFn.sigmas`):
+``linear_decay`` multiplies sigma by (T - t) / (T - 1) over the T steps of a stage (t = 1..T,
+i.e. 1 at the first step, 0 at the last), as the official reward manager's
+``efficiency_sigma_factor``; ``constant`` keeps it. The released stage scripts set sigma = 0
+(shaping off): etagent makes sigma an explicit, logged config value instead.
+
+:class:`RewardFn` is what the RL trainer calls (TRL's "any callable is a reward"):
+``reward_fn(groups, step, total_steps, sigma0)`` -> :class:`ShapedReward` (components, shaped
+rewards and the sigmas applied).
 
 Departures from the official code: the length is the number of *model* tokens (tool
 results excluded) by default (``length_source=model_tokens``; ``all_tokens`` is the
@@ -40,13 +45,14 @@ statistics).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 
 from etagent import protocol
-from etagent.records import QA, Example, Trajectory
+from etagent.grading import Grader
+from etagent.records import Example, Trajectory
 
 COMPONENTS: tuple[str, ...] = ("correctness", "n_calls", "length", "format_ok")
 CORRECTNESS, N_CALLS, LENGTH, FORMAT_OK = range(len(COMPONENTS))
@@ -148,36 +154,36 @@ def sigma_schedule(sigma0: float, step: int, total_steps: int, kind: str = "line
 # --------------------------------------------------------------------------- one rollout
 
 
-def _approx_model_tokens(response_text: str) -> int:
+def _approx_model_tokens(response_text: str, grammar: protocol.Grammar) -> int:
     """Whitespace tokens outside ``<result>`` blocks (only when no tokenizer/length given)."""
-    return sum(len(s.render().split()) for s in protocol.parse(response_text).segments if s.kind != protocol.RESULT)
+    return sum(len(s.render().split()) for s in grammar.parse(response_text).segments if s.kind != protocol.RESULT)
 
 
 def score_components(
     response_text: str,
     example: Example,
     *,
-    qa_metric: str = "f1",
+    grader: Grader,
+    grammar: protocol.Grammar,
     model_tokens: int | None = None,
     tokenizer: Any = None,
     format_rules: str = "strict",
 ) -> dict[str, Any]:
     """Components of one rollout from its text (the verl reward and tests use this).
 
-    Grading goes through :mod:`etagent.grading` only, with answer-block-only credit. The
-    length is ``model_tokens`` if given, else the model-token count of ``tokenizer`` (tool
-    results masked), else a whitespace-token approximation outside result blocks.
+    ``grader`` and ``grammar``: the run's (the grader with the reward's ``qa_metric``);
+    answer-block-only credit. The length is ``model_tokens`` if given, else the model-token
+    count of ``tokenizer`` (tool results masked), else a whitespace-token approximation outside
+    result blocks.
     """
-    from etagent import grading  # lazy: keeps import of this module light
-
-    parsed = protocol.parse(response_text)
-    answer, correctness = grading.GradingPolicy(qa_metric=qa_metric).grade_text(example, response_text)
+    parsed = grammar.parse(response_text)
+    answer, correctness = grader.grade_text(example, response_text, grammar)
     format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
     if model_tokens is None:
         if tokenizer is not None:
-            model_tokens = protocol.model_token_length(protocol.encode_response(tokenizer, response_text)[1])
+            model_tokens = protocol.model_token_length(grammar.encode_response(tokenizer, response_text)[1])
         else:
-            model_tokens = _approx_model_tokens(response_text)
+            model_tokens = _approx_model_tokens(response_text, grammar)
     return {
         "correctness": float(correctness),
         "n_calls": parsed.num_calls,
@@ -191,10 +197,11 @@ def group_score(
     responses: Sequence[str],
     example: Example,
     *,
+    grader: Grader,
+    grammar: protocol.Grammar,
     sigma_tool: float,
     sigma_len: float,
     mode: str = "efficiency",
-    qa_metric: str = "f1",
     lengths: Sequence[int] | None = None,
     tokenizer: Any = None,
     format_rules: str = "strict",
@@ -202,8 +209,8 @@ def group_score(
     """Shaped scores of one group of responses to ``example`` (one dict per response)."""
     comps = [
         score_components(
-            r, example, qa_metric=qa_metric, model_tokens=None if lengths is None else lengths[i], tokenizer=tokenizer,
-            format_rules=format_rules,
+            r, example, grader=grader, grammar=grammar, model_tokens=None if lengths is None else lengths[i],
+            tokenizer=tokenizer, format_rules=format_rules,
         )
         for i, r in enumerate(responses)
     ]
@@ -230,9 +237,24 @@ def trajectory_length(traj: Trajectory, length_source: str = "model_tokens") -> 
 
 
 @dataclass
-class RewardFn:
-    """The ``reward`` config group: ``reward=efficiency`` (paper) or ``reward=correctness``."""
+class ShapedReward:
+    """One call of :class:`RewardFn`: what the trainer optimises and logs."""
 
+    components: torch.Tensor  # [P, G, C] (:data:`COMPONENTS`)
+    rewards: torch.Tensor  # [P, G] shaped
+    sigma_tool: float  # the sigmas applied at this step (0 for mode=correctness: no shaping)
+    sigma_len: float
+
+
+@dataclass(kw_only=True)
+class RewardFn:
+    """The ``reward`` config group: ``reward=efficiency`` (paper) or ``reward=correctness``.
+
+    ``grammar`` (the run's) counts the tool calls of f_tool, so every configured tool's calls
+    count. The trainer calls the object: ``reward_fn(groups, step, total_steps, sigma0)``.
+    """
+
+    grammar: protocol.Grammar = field(repr=False, compare=False)
     mode: Literal["efficiency", "correctness"] = "efficiency"
     sigma_tool: float = 0.2
     sigma_len: float = 0.5
@@ -242,6 +264,8 @@ class RewardFn:
     format_rules: Literal["strict", "official"] = "strict"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grammar, protocol.Grammar):
+            raise TypeError(f"reward: grammar must be the run's etagent.protocol.Grammar, got {type(self.grammar).__name__}")
         checks = {
             "mode": (self.mode, MODES),
             "schedule": (self.schedule, SCHEDULES),
@@ -256,27 +280,23 @@ class RewardFn:
             v = float(getattr(self, key))
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"reward.{key} must be a finite number >= 0, got {v!r}")
-        self._grammar = None  # the run's tool grammar (use_grammar); None = python + search
 
-    def use_grammar(self, grammar: Any) -> "RewardFn":
-        """Count tool calls (f_tool) with the configured tools' tags, not only the default ones."""
-        self._grammar = grammar
-        return self
+    def settings(self) -> dict[str, Any]:
+        """The config values (what a run summary records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "grammar"}
 
-    def sigmas(self, step: int, total_steps: int) -> tuple[float, float]:
-        """(sigma_tool, sigma_len) at this step of the stage -- log them."""
-        return (
-            sigma_schedule(self.sigma_tool, step, total_steps, self.schedule),
-            sigma_schedule(self.sigma_len, step, total_steps, self.schedule),
-        )
-
-    def grading_policy(self, qa_threshold: float | None = None):
-        """The grading policy of the RL stage: this reward's ``qa_metric`` (honoured by the
-        rollout engine that grades the samples) and the run's QA success threshold."""
-        from etagent import grading
-
-        t = grading.QA_SUCCESS_THRESHOLD if qa_threshold is None else float(qa_threshold)
-        return grading.GradingPolicy(qa_metric=self.qa_metric, qa_threshold=t)
+    def sigmas(self, step: int, total_steps: int, sigma0: Mapping[str, float | None] | None = None
+               ) -> tuple[float, float]:
+        """(sigma_tool, sigma_len) applied at 0-based ``step`` of a ``total_steps`` stage (log them):
+        the schedule of ``sigma0`` (a stage's own ``sigma_tool``/``sigma_len``; None entries keep
+        this reward's), none at all for ``mode=correctness``."""
+        if self.mode == "correctness":
+            return 0.0, 0.0  # no shaping: log what is actually applied
+        s0 = dict(sigma0 or {})
+        s_tool = self.sigma_tool if s0.get("sigma_tool") is None else float(s0["sigma_tool"])
+        s_len = self.sigma_len if s0.get("sigma_len") is None else float(s0["sigma_len"])
+        return (sigma_schedule(s_tool, step, total_steps, self.schedule),
+                sigma_schedule(s_len, step, total_steps, self.schedule))
 
     def format_ok(self, traj: Trajectory) -> bool:
         """No format error under ``format_rules`` (the trajectory stores every code)."""
@@ -289,13 +309,19 @@ class RewardFn:
             raise ValueError(f"reward: groups must have equal size, got sizes {sorted(sizes)}")
         return reward_components(
             [[t.score for t in g] for g in groups],
-            [[t.parsed(self._grammar).num_calls for t in g] for g in groups],  # paired tags (official count)
+            [[t.n_calls(self.grammar) for t in g] for g in groups],  # paired tags (official count)
             [[trajectory_length(t, self.length_source) for t in g] for g in groups],
             [[float(self.format_ok(t)) for t in g] for g in groups],
         )
 
-    def __call__(
-        self, components: torch.Tensor, step: int = 0, total_steps: int = 1, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        sigma_tool, sigma_len = self.sigmas(step, total_steps)
+    def shape(self, components: torch.Tensor, sigma_tool: float, sigma_len: float,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Shaped rewards [P, G] of ``components`` at the given sigmas (this reward's mode)."""
         return shape_rewards(components, sigma_tool, sigma_len, self.mode, mask)
+
+    def __call__(self, groups: Sequence[Sequence[Trajectory]], step: int = 0, total_steps: int = 1,
+                 sigma0: Mapping[str, float | None] | None = None) -> ShapedReward:
+        """Shaped rewards of one step's ``[P][G]`` graded trajectories (one tensor op)."""
+        sigma_tool, sigma_len = self.sigmas(step, total_steps, sigma0)
+        comps = self.components(groups)
+        return ShapedReward(comps, self.shape(comps, sigma_tool, sigma_len), sigma_tool, sigma_len)

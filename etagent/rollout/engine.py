@@ -13,9 +13,10 @@ Loop (every row = one sampled response):
    ``max_result_chars``) and appended as forced tokens (mask 0, log-prob 0.0).
 4. Finished rows leave the batch; the others go back to 1.
 
-Grammar (``grammar``, default: the tool set's ``toolset.grammar``, else the default python/search
-grammar): its tool tags are what is parsed and dispatched, its call closers are added to the
-sampling stop strings, and format errors and behaviour labels are computed with it.
+Grammar (``grammar``, the run's: equal to the tool set's ``toolset.grammar``): its tool tags are
+what is parsed and dispatched, its stop strings are added to the sampling stop strings, and
+format errors and behaviour labels are computed with it. ``grader`` (the run's
+:class:`etagent.grading.Grader`) grades every answer and decides success for the labels.
 
 Robustness: malformed output never raises. A closer without an opener, an empty call or a
 call to a tool the toolset lacks gets an error result (status ``invalid`` / ``error``) and
@@ -55,7 +56,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from etagent import grading, protocol
 from etagent.backends.base import EOS, LENGTH, Completion, GenerationBackend, SamplingParams
@@ -120,19 +121,18 @@ def _count(calls: Sequence[ToolCall]) -> dict[str, int]:
     return counts
 
 
-_default_grader = grading.GradingPolicy()  # each example's task metric, QA success at F1 >= 0.75
 BUDGETS = ("total", "per_kind")
 
 
 class RolloutEngine:
     """Batched multi-turn TIR rollouts over any :class:`GenerationBackend` and tool set."""
 
-    def __init__(self, backend: GenerationBackend, toolset: Any, grader: Callable[[Example, str | None], float] | None = None,
-                 *, system_prompt: str | None = None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
+    def __init__(self, backend: GenerationBackend, toolset: Any, grader: grading.Grader, grammar: protocol.Grammar,
+                 *, system_prompt: str | None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
                  max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: Literal["standard", "branching"] = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
                  budget: Literal["total", "per_kind"] = "total", max_calls_total: int = 6,
-                 label_behaviour: bool = True, progress_min_rows: int = 256, grammar: protocol.Grammar | None = None):
+                 label_behaviour: bool = True, progress_min_rows: int = 256):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
         for key, val in (("max_response_tokens", max_response_tokens), ("max_turn_tokens", max_turn_tokens)):
@@ -148,10 +148,16 @@ class RolloutEngine:
         self.backend = backend
         self._pass_states = "states" in inspect.signature(backend.generate).parameters
         self.tokenizer = backend.tokenizer
+        if not isinstance(grader, grading.Grader):
+            raise TypeError(f"RolloutEngine: grader must be the run's etagent.grading.Grader, got {type(grader).__name__}")
+        if not isinstance(grammar, protocol.Grammar):
+            raise TypeError(f"RolloutEngine: grammar must be the run's etagent.protocol.Grammar, got {type(grammar).__name__}")
+        if getattr(toolset, "grammar", grammar) != grammar:
+            raise ValueError(f"RolloutEngine: the tool set's grammar {toolset.grammar} is not the run's {grammar}")
         self.toolset = toolset
         # the tags this engine stops on, parses and dispatches: the tool set's own
-        self.grammar: protocol.Grammar = grammar or getattr(toolset, "grammar", None) or protocol.default_grammar()
-        self.grader = grader or _default_grader
+        self.grammar: protocol.Grammar = grammar
+        self.grader: grading.Grader = grader
         self.system_prompt = system_prompt
         self.max_calls_per_kind = int(max_calls_per_kind)
         self.max_response_tokens = int(max_response_tokens)
@@ -313,7 +319,7 @@ class RolloutEngine:
             raise ValueError(f"rollout: {len(prefixes)} prefixes for {len(examples)} examples")
         as_model = self.treat_prefix_as_model if treat_prefix_as_model is None else treat_prefix_as_model
         missing = tuple(s for s in self.grammar.stop_strings if s not in params.stop)
-        if missing:  # a tool beyond the default stop strings: the sampler must stop after its call too
+        if missing:  # the sampler stops after every call closer of the grammar and after </answer>
             params = params.replace(stop=tuple(params.stop) + missing)
         self._cur_budget = self._budget(extra_calls)
         t_start = time.perf_counter()
@@ -439,7 +445,7 @@ class RolloutEngine:
             index = {r.uid: k for k, r in enumerate(rows)}
             for k, row in enumerate(rows):
                 text = self.tokenizer.decode(row.ids, skip_special_tokens=False)
-                answer = grading.block_answer(text)  # credit only from a closed <answer>..\boxed{}..</answer>
+                answer = grading.block_answer(text, self.grammar)  # credit only from a closed <answer>..\boxed{}..</answer>
                 try:
                     correct = float(self.grader(ex, answer))
                 except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
@@ -463,10 +469,10 @@ class RolloutEngine:
                     meta=meta,
                 ))
             if self.label_behaviour:
-                self._label(trajs, ex, grading.policy_of(self.grader))
+                self._label(trajs, ex)
             out.extend(trajs)
         return out
 
-    def _label(self, trajs: list[Trajectory], ex: Example, policy: grading.GradingPolicy) -> None:
+    def _label(self, trajs: list[Trajectory], ex: Example) -> None:
         for t in trajs:
-            t.behaviour = dict(label_behaviour(t, ex, trajs, policy=policy, grammar=self.grammar))
+            t.behaviour = dict(label_behaviour(t, ex, trajs, grader=self.grader, grammar=self.grammar))

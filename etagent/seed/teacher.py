@@ -278,14 +278,14 @@ def _restate_evidence(ex: Example, sc: _Script, results: Mapping[tuple[str, str]
                 c.after = sent
 
 
-def _render(sc: _Script, results: Mapping[tuple[str, str], Any]) -> str:
+def _render(sc: _Script, results: Mapping[tuple[str, str], Any], grammar: Any) -> str:
     parts: list[str] = []
     if sc.opening and not sc.calls:  # a call brings its own thought
         parts.append(f"<think>{sc.opening}</think>")
     for c in sc.calls:
         if c.think:
             parts.append(f"<think>{c.think}</think>")
-        parts.append(protocol.format_tool_turn(c.kind, c.query, results[(c.kind, c.query)].output))
+        parts.append(grammar.format_tool_turn(c.kind, c.query, results[(c.kind, c.query)].output))
         if c.after:
             parts.append(f"<think>{c.after}</think>")
     parts.append(protocol.format_answer(sc.answer, prefix=ANSWER_PREFIX))
@@ -360,7 +360,7 @@ def write_teacher_trajectories(
         out.append({
             "id": f"teacher-{ex.id}-{k}",
             "example_id": ex.id,
-            "response_text": _render(sc, results),
+            "response_text": _render(sc, results, toolset.grammar),  # the tool set's own grammar
             "flaws": [f for f in FLAWS if f in sc.flaws],
             "answer": sc.answer,
             "correct": not (sc.flaws & {"insufficient", "erroneous"}),

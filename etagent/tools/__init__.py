@@ -10,11 +10,10 @@ so heavy backends (bm25s, httpx, sentence-transformers) load only when their mod
 """
 
 from etagent.protocol import ToolSpec
-from etagent.tools.base import (Tool, ToolResult, ToolSet, build_toolset, config_grammar, default_tool_specs,
-                                tool_specs, truncate_text)
+from etagent.tools.base import Tool, ToolResult, ToolSet, build_toolset, config_grammar, tool_specs, truncate_text
 
-__all__ = ["Tool", "ToolResult", "ToolSet", "ToolSpec", "build_toolset", "config_grammar", "default_tool_specs",
-           "tool_specs", "truncate_text", "PythonSandbox"]
+__all__ = ["Tool", "ToolResult", "ToolSet", "ToolSpec", "build_toolset", "config_grammar", "tool_specs",
+           "truncate_text", "PythonSandbox"]
 
 
 def __getattr__(name: str):

@@ -59,26 +59,16 @@ def truncate_text(text: str, max_chars: int) -> tuple[str, bool]:
     return f"{text[:max_chars]}...[truncated {len(text) - max_chars} chars]", True
 
 
-def default_tool_specs() -> tuple[ToolSpec, ...]:
-    """Specs of the default tool set (``conf/tools/default.yaml``), in its order: the grammar of
-    :func:`etagent.protocol.default_grammar` (what ``protocol.parse`` & co. use)."""
-    from etagent.tools.python_sandbox import PythonSandbox
-    from etagent.tools.search.base import SearchTool
-
-    return (PythonSandbox.spec, SearchTool.spec)
-
-
 def spec_of(kind: str, tool: Any) -> ToolSpec:
     """The grammar of ``tool`` registered as ``kind``: its ``spec`` (whose name must be ``kind``);
-    for an object without one (a test double), the default tool's spec of that name, else a
-    generic one."""
+    for an object without one (a test double, a third-party object), a generic spec of that name."""
     spec = getattr(tool, "spec", None)
     if isinstance(spec, ToolSpec):
         if spec.name != kind:
             raise ValueError(f"tools.{kind}: {type(tool).__name__} writes <{spec.name}> calls; "
                              f"name its node tools.{spec.name}")
         return spec
-    return next((s for s in default_tool_specs() if s.name == kind), None) or generic_spec(kind)
+    return generic_spec(kind)
 
 
 class ToolSet:

@@ -5,8 +5,8 @@ Two sources:
 * :func:`from_trajectory` keeps a sampled trajectory's ids exactly as they were sampled
   (never re-encoded: decode/re-encode is not an identity, see cpu-feasibility.md), the
   prompt masked and the response masked as recorded (tool results 0);
-* :func:`from_text` encodes a teacher-written or flywheel-edited response piecewise with
-  :func:`etagent.protocol.encode_response` (``<result>`` blocks masked).
+* :func:`from_text` encodes a teacher-written or flywheel-edited response piecewise with the
+  run's grammar (:meth:`etagent.protocol.Grammar.encode_response`: ``<result>`` blocks masked).
 
 End-of-turn token (a decision, not in the paper): a response that ends with its closed
 ``</answer>`` gets one extra *trained* token, ``<|im_end|>`` (ChatML end of turn; Qwen2.5
@@ -106,12 +106,14 @@ def from_text(
     tokenizer,
     prompt_ids: Sequence[int],
     response_text: str,
+    *,
+    grammar: protocol.Grammar,
     max_len: int | None = None,
     add_end: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> TrainSequence:
-    """Encode ``response_text`` after ``prompt_ids`` (result blocks masked, end token appended)."""
-    resp_ids, resp_mask = protocol.encode_response(tokenizer, response_text)
+    """Encode ``response_text`` after ``prompt_ids`` with ``grammar`` (result blocks masked, end token appended)."""
+    resp_ids, resp_mask = grammar.encode_response(tokenizer, response_text)
     if add_end and _ends_with_answer(response_text):
         resp_ids.append(end_token_id(tokenizer))
         resp_mask.append(1)

@@ -8,7 +8,8 @@ full fine-tuning or LoRA (peft; merged at the end so the output is a plain model
 a step or epoch budget plus a wall-clock budget, atomic checkpoints every N steps and
 exact resume (same step count, same data order, same RNG), tqdm progress and per-step
 metrics to a :class:`etagent.tracking.Tracker`. The result is saved with
-``save_pretrained`` (+ tokenizer) in ``<out_dir>/final``.
+``save_pretrained`` (+ tokenizer) in ``<out_dir>/final``. The run is a recipe in torchtune's
+sense (:class:`SFTRecipe`: setup, step, evaluate, save); ``train_sft`` drives it.
 
 Departures from the paper's LLaMA-Factory recipe: tool-result tokens are masked (the
 official SFT trains on them); the loss is the mean over all trained tokens of an
@@ -226,6 +227,175 @@ def _load_final(final_dir: Path, model):
 # --------------------------------------------------------------------------- trainer
 
 
+class SFTRecipe:
+    """One SFT run as torchtune's recipes split it: :meth:`setup` (data, model wrapping, optimizer,
+    schedule, resume), :meth:`step` (one optimizer step: micro-batches, clip, update, log,
+    checkpoint), :meth:`evaluate` (the run's outcome: steps, stop reason, time) and :meth:`save`
+    (LoRA merged, ``final`` + its summary). :func:`train_sft` runs them in that order; a stage that
+    needs another loop (an evaluation between steps, a different budget) drives the same pieces.
+    """
+
+    def __init__(self, model, tokenizer, sequences: list[TrainSequence], cfg: SFTConfig | dict, out_dir: str | Path,
+                 tracker=None, stage: str = "sft", resume: bool = True):
+        self.cfg = SFTConfig.coerce(cfg)
+        self.model, self.tokenizer, self.sequences = model, tokenizer, sequences
+        self.out_dir = Path(out_dir)
+        self.final_dir, self.ckpt_root = self.out_dir / "final", self.out_dir / "checkpoints"
+        self.tracker, self.stage, self.resume = tracker, stage, resume
+        self.step_no, self.elapsed_before, self.stopped = 0, 0.0, "completed"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> bool:
+        """Prepare a run (or a resumed one); False when a finished run was loaded instead (nothing to train)."""
+        cfg, stage, model = self.cfg, self.stage, self.model
+        self.device = next(model.parameters()).device
+        vocab = model.get_input_embeddings().num_embeddings
+        max_len = cfg.max_len
+        max_pos = getattr(model.config, "max_position_embeddings", None)
+        if max_pos and max_len > max_pos:
+            log.warning("train.max_len=%d exceeds the model's max_position_embeddings=%d; using %d", max_len, max_pos,
+                        max_pos)
+            max_len = max_pos
+        seqs, dropped = prepare_sequences(self.sequences, max_len, vocab)
+        if not seqs:
+            raise ValueError(f"{stage}: no training sequence has a trained token (got {len(self.sequences)}, all dropped)")
+        if dropped:
+            log.warning("%s: dropped %d sequences with no trained token after truncation to %d", stage, dropped, max_len)
+        self.seqs, self.dropped = seqs, dropped
+        tokenizer = self.tokenizer
+        self.pad_id = 0
+        if tokenizer is not None:
+            self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.bf16 = resolve_bf16(cfg.bf16, self.device)
+
+        self.stream = _Stream([len(s) for s in seqs], cfg)
+        self.limit_micro = math.inf if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * self.stream.per_epoch))
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(self.limit_micro / cfg.grad_accum)
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * self.total_steps)
+        warmup = max(0, min(int(warmup), self.total_steps))
+        # What must not change between a run and its resumption (checked against checkpoints and final).
+        self.run_key = {"data": _fingerprint(seqs), "n_sequences": len(seqs), "total_steps": self.total_steps,
+                        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
+                        "lora": cfg.lora.enabled,
+                        "base_weights": _weights_fingerprint(model) if cfg.lora.enabled else None,
+                        "max_len": max_len, "bucket_batches": cfg.bucket_batches}
+
+        if not self.resume:
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        elif (self.final_dir / "sft_summary.json").exists():
+            done = read_json(self.final_dir / "sft_summary.json")
+            _check_same_run(done.get("run", {}), self.run_key, self.final_dir)
+            more_time = done.get("stopped") == "time_budget" and done.get("elapsed_s", 0) < (cfg.max_minutes or math.inf) * 60
+            if not more_time:  # finished (or still out of time): reuse it
+                log.info("%s: %s already trained, loading it", stage, self.final_dir)
+                self.model = _load_final(self.final_dir, model)
+                return False
+
+        torch.manual_seed(cfg.seed)  # LoRA init and dropout are reproducible
+        if cfg.lora.enabled:
+            model = wrap_lora(model, cfg.lora)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_adamw(self.params, cfg.lr, cfg.adam_betas, cfg.weight_decay, eps=cfg.adam_eps)
+        self.scheduler = build_scheduler(self.optimizer, "cosine", warmup, self.total_steps, cfg.min_lr_ratio)
+
+        last = latest_checkpoint(self.ckpt_root) if self.resume else None
+        if last is not None:
+            state = load_checkpoint(last, model, self.optimizer, self.scheduler, adapter_only=cfg.lora.enabled)
+            _check_same_run(state["run"], self.run_key, last)
+            self.stream.restore(state["stream"])
+            self.step_no, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
+            log.info("%s: resumed from %s at step %d/%d", stage, last, self.step_no, self.total_steps)
+
+        self.n_params = sum(p.numel() for p in self.params)
+        log.info("%s: %d sequences, %d steps (warm-up %d), %d trainable params, bf16=%s, lora=%s",
+                 stage, len(seqs), self.total_steps, warmup, self.n_params, self.bf16, cfg.lora.enabled)
+        self.t_start = time.monotonic()
+        self.budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        return True
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+    @property
+    def done(self) -> bool:
+        """All steps taken, or the wall-clock budget spent (``stopped`` says which)."""
+        if self.step_no >= self.total_steps:
+            return True
+        if self.elapsed() >= self.budget_s:
+            self.stopped = "time_budget"
+            return True
+        return False
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches (token-mean loss over the whole step);
+        logs every ``log_every`` steps and checkpoints every ``checkpoint_every``."""
+        cfg, model, stream = self.cfg, self.model, self.stream
+        t0 = time.monotonic()
+        n_micro = int(min(cfg.grad_accum, self.limit_micro - stream.consumed))
+        batches = [collate([self.seqs[i] for i in idx], idx, self.pad_id) for idx in (stream.next() for _ in range(n_micro))]
+        n_loss = sum(b.n_loss_tokens for b in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for b in batches:
+            nll = batch_nll_sum(model, b.to(self.device), self.bf16)
+            (nll / n_loss).backward()  # token mean over the whole optimizer step
+            loss_sum += float(nll.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_no += 1
+        step = self.step_no
+        dt = time.monotonic() - t0
+        metrics = {"loss": loss_sum / n_loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": n_loss,
+                   "tokens": sum(b.n_tokens for b in batches), "seqs": sum(len(b.lengths) for b in batches),
+                   "tok_per_s": sum(b.n_tokens for b in batches) / max(dt, 1e-9),
+                   "epoch": stream.consumed / stream.per_epoch}
+        if self.tracker is not None and (step % max(1, cfg.log_every) == 0 or step == self.total_steps):
+            self.tracker.log({**metrics, "elapsed_s": self.elapsed()}, step=step, stage=self.stage)
+        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+            self.checkpoint()
+        return metrics
+
+    def checkpoint(self) -> None:
+        """A resumable checkpoint at the current step (weights or adapter, optimizer, data position)."""
+        save_checkpoint(self.ckpt_root, self.step_no, self.model, self.optimizer, self.scheduler,
+                        {"run": self.run_key, "stream": self.stream.state(), "elapsed_s": self.elapsed()},
+                        adapter_only=self.cfg.lora.enabled, keep_last=self.cfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------ evaluate, save
+    def evaluate(self) -> dict[str, Any]:
+        """The run's outcome: steps taken of the total, why it stopped, time, data and model sizes."""
+        return {"stage": self.stage, "steps": self.step_no, "total_steps": self.total_steps, "stopped": self.stopped,
+                "elapsed_s": round(self.elapsed(), 2), "sequences": len(self.seqs), "dropped": self.dropped,
+                "trainable_params": self.n_params, "bf16": self.bf16, "run": self.run_key, "config": asdict(self.cfg)}
+
+    def save(self):
+        """Merge LoRA, save ``final`` with the outcome (:meth:`evaluate`); returns the model in eval mode."""
+        cfg = self.cfg
+        if self.stopped == "time_budget":
+            self.checkpoint()  # the budget may be raised and the run resumed from here
+            log.warning("%s: time budget of %.1f min reached at step %d/%d", self.stage, cfg.max_minutes, self.step_no,
+                        self.total_steps)
+        model = self.model
+        if cfg.lora.enabled:
+            model = merge_lora(model)  # plain model out: later stages load it like any checkpoint
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        model.eval()
+        self.model = model
+        summary = self.evaluate()
+        save_final(model, self.tokenizer, self.final_dir, summary)
+        if self.tracker is not None:
+            self.tracker.summary({f"{self.stage}/steps": self.step_no, f"{self.stage}/stopped": self.stopped})
+        return model
+
+
 def train_sft(
     model,
     tokenizer,
@@ -242,130 +412,17 @@ def train_sft(
     ``save_pretrained`` result. With ``resume`` a finished run (``final`` present) is
     loaded instead of retrained and an interrupted one continues from its last
     checkpoint; without it old checkpoints are deleted and training starts over.
+    The recipe (:class:`SFTRecipe`): setup, then steps until done, then save.
     """
-    cfg = SFTConfig.coerce(cfg)
-    out_dir = Path(out_dir)
-    final_dir, ckpt_root = out_dir / "final", out_dir / "checkpoints"
-
-    device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().num_embeddings
-    max_len = cfg.max_len
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos and max_len > max_pos:
-        log.warning("train.max_len=%d exceeds the model's max_position_embeddings=%d; using %d", max_len, max_pos, max_pos)
-        max_len = max_pos
-    seqs, dropped = prepare_sequences(sequences, max_len, vocab)
-    if not seqs:
-        raise ValueError(f"{stage}: no training sequence has a trained token (got {len(sequences)}, all dropped)")
-    if dropped:
-        log.warning("%s: dropped %d sequences with no trained token after truncation to %d", stage, dropped, max_len)
-    pad_id = 0
-    if tokenizer is not None:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    bf16 = resolve_bf16(cfg.bf16, device)
-
-    stream = _Stream([len(s) for s in seqs], cfg)
-    limit_micro = math.inf if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * stream.per_epoch))
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(limit_micro / cfg.grad_accum)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
-    warmup = max(0, min(int(warmup), total_steps))
-    # What must not change between a run and its resumption (checked against checkpoints and final).
-    run_key = {"data": _fingerprint(seqs), "n_sequences": len(seqs), "total_steps": total_steps,
-               "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seed": cfg.seed,
-               "lora": cfg.lora.enabled, "base_weights": _weights_fingerprint(model) if cfg.lora.enabled else None,
-               "max_len": max_len, "bucket_batches": cfg.bucket_batches}
-
-    if not resume:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    elif (final_dir / "sft_summary.json").exists():
-        done = read_json(final_dir / "sft_summary.json")
-        _check_same_run(done.get("run", {}), run_key, final_dir)
-        more_time = done.get("stopped") == "time_budget" and done.get("elapsed_s", 0) < (cfg.max_minutes or math.inf) * 60
-        if not more_time:  # finished (or still out of time): reuse it
-            log.info("%s: %s already trained, loading it", stage, final_dir)
-            return _load_final(final_dir, model)
-
-    torch.manual_seed(cfg.seed)  # LoRA init and dropout are reproducible
-    if cfg.lora.enabled:
-        model = wrap_lora(model, cfg.lora)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_adamw(params, cfg.lr, cfg.adam_betas, cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = build_scheduler(optimizer, "cosine", warmup, total_steps, cfg.min_lr_ratio)
-
-    step, elapsed_before = 0, 0.0
-    last = latest_checkpoint(ckpt_root) if resume else None
-    if last is not None:
-        state = load_checkpoint(last, model, optimizer, scheduler, adapter_only=cfg.lora.enabled)
-        _check_same_run(state["run"], run_key, last)
-        stream.restore(state["stream"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
-        log.info("%s: resumed from %s at step %d/%d", stage, last, step, total_steps)
-
-    n_params = sum(p.numel() for p in params)
-    log.info("%s: %d sequences, %d steps (warm-up %d), %d trainable params, bf16=%s, lora=%s",
-             stage, len(seqs), total_steps, warmup, n_params, bf16, cfg.lora.enabled)
-    t_start = time.monotonic()
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    stopped = "completed"
-    bar = tqdm(total=total_steps, initial=step, desc=stage, disable=not cfg.progress, dynamic_ncols=True)
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_start
-
-    def save(at_step: int) -> None:
-        save_checkpoint(ckpt_root, at_step, model, optimizer, scheduler,
-                        {"run": run_key, "stream": stream.state(), "elapsed_s": elapsed()},
-                        adapter_only=cfg.lora.enabled, keep_last=cfg.keep_checkpoints)
-
+    recipe = SFTRecipe(model, tokenizer, sequences, cfg, out_dir, tracker=tracker, stage=stage, resume=resume)
+    if not recipe.setup():
+        return recipe.model
+    bar = tqdm(total=recipe.total_steps, initial=recipe.step_no, desc=stage, disable=not recipe.cfg.progress,
+               dynamic_ncols=True)
     try:
-        while step < total_steps:
-            if elapsed() >= budget_s:
-                stopped = "time_budget"
-                break
-            t0 = time.monotonic()
-            n_micro = int(min(cfg.grad_accum, limit_micro - stream.consumed))
-            batches = [collate([seqs[i] for i in idx], idx, pad_id) for idx in (stream.next() for _ in range(n_micro))]
-            n_loss = sum(b.n_loss_tokens for b in batches)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for b in batches:
-                nll = batch_nll_sum(model, b.to(device), bf16)
-                (nll / n_loss).backward()  # token mean over the whole optimizer step
-                loss_sum += float(nll.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            dt = time.monotonic() - t0
-            loss = loss_sum / n_loss
-            bar_step(bar, loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if tracker is not None and (step % max(1, cfg.log_every) == 0 or step == total_steps):
-                tracker.log({"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "loss_tokens": n_loss,
-                             "tokens": sum(b.n_tokens for b in batches), "seqs": sum(len(b.lengths) for b in batches),
-                             "tok_per_s": sum(b.n_tokens for b in batches) / max(dt, 1e-9),
-                             "epoch": stream.consumed / stream.per_epoch, "elapsed_s": elapsed()},
-                            step=step, stage=stage)
-            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < total_steps:
-                save(step)
-        if stopped == "time_budget":
-            save(step)  # the budget may be raised and the run resumed from here
-            log.warning("%s: time budget of %.1f min reached at step %d/%d", stage, cfg.max_minutes, step, total_steps)
+        while not recipe.done:
+            m = recipe.step()
+            bar_step(bar, loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
     finally:
         bar.close()
-
-    if cfg.lora.enabled:
-        model = merge_lora(model)  # plain model out: later stages load it like any checkpoint
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-    model.eval()
-    summary = {"stage": stage, "steps": step, "total_steps": total_steps, "stopped": stopped,
-               "elapsed_s": round(elapsed(), 2), "sequences": len(seqs), "dropped": dropped,
-               "trainable_params": n_params, "bf16": bf16, "run": run_key, "config": asdict(cfg)}
-    save_final(model, tokenizer, final_dir, summary)
-    if tracker is not None:
-        tracker.summary({f"{stage}/steps": step, f"{stage}/stopped": stopped})
-    return model
+    return recipe.save()

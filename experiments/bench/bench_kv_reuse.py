@@ -67,16 +67,16 @@ def from_run(run: Path, args):
     cfg.paths.shared_dir = str(ROOT.parent / "shared")  # outside Hydra: no ${hydra:runtime.cwd}
     ctx = RunContext(cfg=cfg, run_dir=run, tracker=None)
     model, tok = C.load_policy(ctx, run / "seed" / "final")
-    tools = C.make_toolset(ctx)
+    env = C.run_env(ctx)
     examples = C.load_split(ctx, "dev")[: args.questions]
     be_kw = {k: cfg.backend[k] for k in ("batch_size", "dtype", "cache_impl") if k in cfg.backend}
-    return model, tok, (lambda be: C.make_engine(ctx, be, tools)), tools, examples, be_kw
+    return model, tok, (lambda be: C.make_engine(ctx, be, env.grader)), env, examples, be_kw
 
 
 def untrained(args, tmp: Path):
     import json
 
-    from bench_rollout import corpus_texts
+    from bench_rollout import ENV, corpus_texts
 
     from etagent.models.factory import ModelSpec, build_scratch_model
     from etagent.models.tokenizer import build_tokenizer
@@ -86,7 +86,7 @@ def untrained(args, tmp: Path):
     from etagent.tools.python_sandbox import PythonSandbox
     from etagent.tools.search import build_search_tool
 
-    tok = build_tokenizer(corpus_texts(), vocab_size=512)
+    tok = build_tokenizer(corpus_texts(), tag_tokens=ENV.grammar.tag_tokens, vocab_size=512)
     model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=args.seed)
     g = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
@@ -104,7 +104,8 @@ def untrained(args, tmp: Path):
                 for i in range(args.questions)]
 
     def engine(be):
-        return RolloutEngine(be, tools, max_response_tokens=args.max_response_tokens,
+        return RolloutEngine(be, tools, ENV.grader, tools.grammar, system_prompt=None,
+                             max_response_tokens=args.max_response_tokens,
                              max_turn_tokens=args.max_turn_tokens, label_behaviour=False)
 
     return model, tok, engine, tools, examples, {"batch_size": args.batch_size, "cache_impl": args.cache_impl}
@@ -120,7 +121,7 @@ def run_arm(make_engine, model, tok, be_kw: dict, reuse: bool, examples, n: int,
     return {"wall_s": wall, "gen_s": eng.last_stats["gen_s"], "tool_s": eng.last_stats["tool_s"],
             "model_tokens": model_tokens, "model_tok_per_s": model_tokens / max(eng.last_stats["gen_s"], 1e-9),
             "prefill_tokens": be.stats["prefill_tokens"], "reused_tokens": be.stats["reused_tokens"],
-            "tool_calls": sum(t.num_calls for t in trajs), "rollouts": len(trajs),
+            "tool_calls": sum(t.n_calls(eng.grammar) for t in trajs), "rollouts": len(trajs),
             "generate_calls": eng.last_stats["generate_calls"]}, [(t.response_ids, t.finish_reason) for t in trajs]
 
 

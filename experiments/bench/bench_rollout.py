@@ -26,15 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from etagent import protocol  # noqa: E402
 from etagent.backends.base import SamplingParams  # noqa: E402
+from etagent.config.compose import compose_etagent  # noqa: E402
 from etagent.backends.hf import HFBackend  # noqa: E402
 from etagent.models.factory import ModelSpec, build_scratch_model, count_parameters  # noqa: E402
 from etagent.models.tokenizer import build_tokenizer  # noqa: E402
 from etagent.records import Example  # noqa: E402
 from etagent.rollout.engine import RolloutEngine  # noqa: E402
+from etagent.runenv import RunEnv  # noqa: E402
 from etagent.tools.base import ToolSet  # noqa: E402
 from etagent.tools.python_sandbox import PythonSandbox  # noqa: E402
 from etagent.tools.search import build_search_tool  # noqa: E402
 from etagent.utils.io import atomic_write_json  # noqa: E402
+
+
+#: the default config's run environment (python + search grammar, built-in domains, grading)
+ENV = RunEnv.from_config(compose_etagent())
 
 
 def corpus_texts() -> list[str]:
@@ -42,9 +48,9 @@ def corpus_texts() -> list[str]:
     for a in range(2, 40):
         b = a * 7 % 97
         out.append(f"What is {a}*{b}? <think>I multiply.</think>" + protocol.format_call("python", f"print({a}*{b})")
-                   + protocol.format_result(str(a * b)) + protocol.format_answer(str(a * b), "The answer is "))
+                   + ENV.grammar.format_result(str(a * b)) + protocol.format_answer(str(a * b), "The answer is "))
         out.append(f"Who founded city {a}? " + protocol.format_call("search", f"founder of city {a}")
-                   + protocol.format_result(f"Doc 1(Title: City {a}) City {a} was founded by Person {b}.")
+                   + ENV.grammar.format_result(f"Doc 1(Title: City {a}) City {a} was founded by Person {b}.")
                    + protocol.format_answer(f"Person {b}"))
     return out
 
@@ -65,7 +71,7 @@ def run_arm(engine: RolloutEngine, examples: list[Example], n: int, params: Samp
                 totals[k] += engine.last_stats.get(k, 0.0)
     wall = time.perf_counter() - t0
     model_tokens = sum(t.model_tokens for t in trajs)
-    calls = sum(t.num_calls for t in trajs)
+    calls = sum(t.n_calls(ENV.grammar) for t in trajs)
     overhead = wall - totals["gen_s"] - totals["tool_s"]
     return {
         "rollouts": len(trajs), "wall_s": wall, "model_tokens": model_tokens,
@@ -105,10 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
         from etagent.models.factory import load_policy
         from etagent.records import read_jsonl
 
-        model, tok = load_policy(run / "seed" / "final")
+        model, tok = load_policy(run / "seed" / "final", dtype=ENV.dtype, device="cpu")
         examples = list(read_jsonl(run / "world" / "dev.jsonl", Example))[: args.questions]
     else:
-        tok = build_tokenizer(corpus_texts(), vocab_size=512)
+        tok = build_tokenizer(corpus_texts(), tag_tokens=ENV.grammar.tag_tokens, vocab_size=512)
         model = build_scratch_model(ModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id, seed=args.seed)
         examples = [Example(id=f"q{i}", question=f"What is {i + 3}*{(i + 3) * 7 % 97}?",
                             answers=[str((i + 3) * ((i + 3) * 7 % 97))], domain="math", source="bench")
@@ -127,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                      style="plain" if run is not None else "search_r1")})
         try:
             backend = HFBackend(model, tok, batch_size=args.batch_size, cache_impl=args.cache_impl)
-            engine = RolloutEngine(backend, tools, max_response_tokens=args.max_response_tokens,
-                                   max_turn_tokens=args.max_turn_tokens, label_behaviour=True)
+            engine = RolloutEngine(backend, tools, ENV.grader, tools.grammar, system_prompt=None,
+                                   max_response_tokens=args.max_response_tokens, max_turn_tokens=args.max_turn_tokens,
+                                   label_behaviour=True)
             engine.rollout(examples[:1], 2, params)  # warm-up (stop table, sandbox workers, kernels)
             seq = run_arm(engine, examples, args.n, params, batched=False, limit=args.seq_rollouts)
             bat = run_arm(engine, examples, args.n, params, batched=True, limit=0)

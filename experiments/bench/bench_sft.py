@@ -49,7 +49,9 @@ from etagent.utils.io import atomic_write_json  # noqa: E402
 
 
 def seed_data(n_train: int):
-    task = SyntheticTask(seed=0, n_train=n_train, n_dev=10, n_test=10)
+    from bench_rollout import ENV  # the default config's run environment
+
+    task = SyntheticTask(seed=0, n_train=n_train, n_dev=10, n_test=10, domains=ENV.grader.domains)
     with tempfile.TemporaryDirectory() as d:
         corpus = task.write(d)["corpus"]
         tools = ToolSet({"python": PythonSandbox(pool_size=2),
@@ -60,9 +62,10 @@ def seed_data(n_train: int):
         finally:
             tools.close()
     texts = [r["response_text"] for r in rows] + [e.question for e in examples] + [r["text"] for r in task.corpus_records()]
-    tok = build_tokenizer(texts, vocab_size=1024, atomic_words=task.lexicon())
+    tok = build_tokenizer(texts, tag_tokens=ENV.grammar.tag_tokens, vocab_size=1024, atomic_words=task.lexicon())
     by_id = {e.id: e for e in examples}
-    seqs = [from_text(tok, build_prompt_ids(tok, by_id[r["example_id"]].question, None), r["response_text"]) for r in rows]
+    seqs = [from_text(tok, build_prompt_ids(tok, by_id[r["example_id"]].question, None), r["response_text"],
+                      grammar=ENV.grammar) for r in rows]
     return tok, seqs
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from etagent.grading import DEFAULT_METRIC
+from etagent.grading import check_domain, domain_rules
 from etagent.records import MATH, QA, Example, write_jsonl
 from etagent.utils.io import atomic_write_json, atomic_write_text, read_json
 
@@ -83,8 +83,14 @@ class SyntheticTask:
         corpus_path: str | None = None,
         recall_max_operand: int = 5,
         search_top_k: int = 1,
+        *,
+        domains: Mapping[str, Any],
     ) -> None:
         self.name = name
+        # the task node's answer-domain rules: the suite writes math and qa questions
+        self.domains = domain_rules(domains, "task.domains")
+        for d in (MATH, QA):
+            check_domain(d, self.domains, "task.domains (the synthetic suite writes math and qa questions)")
         self.seed = int(seed)
         self.sizes = {"train": int(n_train), "dev": int(n_dev), "test": int(n_test)}
         for split, n in self.sizes.items():
@@ -228,7 +234,7 @@ class SyntheticTask:
     def _to_example(self, c: Candidate, split: str, i: int) -> Example:
         return Example(id=f"{self.name}-{split}-{i:05d}", question=c.question, answers=list(c.answers),
                        domain=c.domain, source=SOURCES[c.domain], split=split, plan=list(c.plan),
-                       meta={"type": c.qtype, "metric": DEFAULT_METRIC[c.domain], **copy.deepcopy(c.meta)})
+                       meta={"type": c.qtype, "metric": self.domains[c.domain].metric, **copy.deepcopy(c.meta)})
 
 
 def _type_counts(examples: list[Example]) -> dict[str, int]:
