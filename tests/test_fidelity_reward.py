@@ -18,6 +18,7 @@ from etagent.export.verl_reward import compute_score_batch
 from etagent.records import Example, Trajectory, write_jsonl
 from etagent.rl.reward import RewardFn
 from etagent.rollout.engine import RolloutEngine
+from etagent.tools import default_tool_specs
 
 from conftest import compose
 from test_rollout import MATH, QA, Scripted, tok, tools  # noqa: F401 - fixtures
@@ -68,7 +69,10 @@ def test_think_is_required_and_rule_sets():
         protocol.validate("x", rules="loose")
     t = Trajectory(id="t", example_id="m1", group_id="g", response_text=trailing, response_mask=[1],
                    score=1.0, format_errors=["text_after_answer"])
-    assert RewardFn(format_rules="official").format_ok(t) and not RewardFn().format_ok(t)
+    with pytest.raises(ValueError, match="use_grammar"):  # the released validator needs the run's tool tags
+        RewardFn(format_rules="official").format_ok(t)
+    grammar = protocol.Grammar(default_tool_specs())
+    assert RewardFn(format_rules="official").use_grammar(grammar).format_ok(t) and not RewardFn().format_ok(t)
     with pytest.raises(ValueError, match="reward.format_rules"):
         RewardFn(format_rules="lenient")
 
@@ -161,7 +165,7 @@ def test_paper_configs_use_the_official_budget(tmp_path):
 
 
 class _AllCorrect:
-    def rollout(self, examples, n, params, group_prefix=""):
+    def rollout(self, examples, n, params, group_prefix="", budget=None):
         return [Trajectory(id=f"{group_prefix}{e.id}#{k}", example_id=e.id, group_id=f"{group_prefix}{e.id}",
                            response_text="", score=1.0) for e in examples for k in range(n)]
 

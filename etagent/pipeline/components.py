@@ -143,10 +143,13 @@ def grading_policy(ctx: RunContext, qa_metric: str | None = None):
                          qa_threshold=float(g.get("qa_threshold", QA_SUCCESS_THRESHOLD)))
 
 
-def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None):
-    """A rollout engine grading with ``policy`` (default: :func:`grading_policy`)."""
+def make_engine(ctx: RunContext, backend: Any, toolset: Any, policy: Any = None, **stage: Any):
+    """A rollout engine grading with ``policy`` (default: :func:`grading_policy`). ``stage``: the
+    calling stage's own engine settings over the ``rollout`` group's (``budget``,
+    ``answer_extraction``: e.g. ``eval.budget``, ``flywheel.budget``)."""
     return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=toolset,
-                 grader=policy if policy is not None else grading_policy(ctx), system_prompt=system_prompt(ctx))
+                 grader=policy if policy is not None else grading_policy(ctx), system_prompt=system_prompt(ctx),
+                 **stage)
 
 
 def sft_config(ctx: RunContext, which: str):

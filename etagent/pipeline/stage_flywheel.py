@@ -72,7 +72,7 @@ def run(ctx: RunContext) -> dict:
                           "(a server's weights cannot follow the fine-tuning)")
     with components.make_toolset(ctx) as toolset:
         backend, _ = components.policy_backend(ctx, policy)
-        engine = components.make_engine(ctx, backend, toolset)
+        engine = components.make_engine(ctx, backend, toolset, budget=fcfg.budget)  # released: per_kind_then_answer
         finetune_fn = make_finetuner(ctx, fdir, backend, policy) if finetune else None
         pool = run_flywheel(engine, train, fcfg, fdir, tracker=ctx.tracker, evolver=evolver, finetune_fn=finetune_fn)
     summary = {"pool": len(pool)} if hasattr(pool, "__len__") else {}

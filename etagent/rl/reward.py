@@ -13,9 +13,11 @@ format validity. The shaped reward of rollout i in its group is
 Correctness counts only from a well-formed answer block: the ``\\boxed{}`` of a closed
 ``<answer>`` block (:func:`etagent.grading.block_answer`), as in the official reward; a
 response that boxes its answer in ``<think>`` or plain text gets correctness 0 (reward =
-format penalty only). Which grammar violations count is ``format_rules``: ``strict``
-(etagent default: the official rules plus ``unknown_tag`` and ``text_after_answer``) or
-``official`` (the released ``validate_format``); see :data:`etagent.protocol.STRICT_ONLY_CODES`.
+format penalty only). ``answer_extraction=official`` reads the answer as the released reward
+does instead (an answer block must exist; then math takes the last ``\\boxed`` anywhere:
+:func:`etagent.grading.official_reward_answer`); the RL engine grades with it. Which grammar
+violations count is ``format_rules``: ``strict`` (etagent default, :meth:`etagent.protocol.Grammar.parse`)
+or ``official`` (exactly the released ``validate_format``: :func:`etagent.protocol.official_format_errors`).
 Calls are counted by paired tags (official ``count_valid_tags``).
 
 Both factors are 1 at the group mean, up to 2 below it, down to 0 above it. With
@@ -172,7 +174,10 @@ def score_components(
 
     parsed = protocol.parse(response_text)
     answer, correctness = grading.GradingPolicy(qa_metric=qa_metric).grade_text(example, response_text)
-    format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
+    if format_rules == "official":  # the released validator reads the text (tool tags of this parse's grammar)
+        format_ok = not protocol.official_format_errors(response_text, parsed.tool_tags)
+    else:
+        format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
     if model_tokens is None:
         if tokenizer is not None:
             model_tokens = protocol.model_token_length(protocol.encode_response(tokenizer, response_text)[1])
@@ -240,9 +245,13 @@ class RewardFn:
     length_source: Literal["model_tokens", "all_tokens"] = "model_tokens"
     qa_metric: Literal["f1", "em"] = "f1"
     format_rules: Literal["strict", "official"] = "strict"
+    # how the RL engine reads the credited answer: strict (closed answer block's \boxed) | official
+    # (released reward: an answer block must exist, then math takes the last \boxed anywhere)
+    answer_extraction: Literal["strict", "official"] = "strict"
 
     def __post_init__(self) -> None:
         checks = {
+            "answer_extraction": (self.answer_extraction, ("strict", "official")),
             "mode": (self.mode, MODES),
             "schedule": (self.schedule, SCHEDULES),
             "length_source": (self.length_source, LENGTH_SOURCES),
@@ -257,6 +266,11 @@ class RewardFn:
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"reward.{key} must be a finite number >= 0, got {v!r}")
         self._grammar = None  # the run's tool grammar (use_grammar); None = python + search
+
+    @property
+    def engine_extraction(self) -> str:
+        """The RL rollout engine's ``answer_extraction`` for this reward."""
+        return "official_reward" if self.answer_extraction == "official" else "strict"
 
     def use_grammar(self, grammar: Any) -> "RewardFn":
         """Count tool calls (f_tool) with the configured tools' tags, not only the default ones."""
@@ -279,7 +293,13 @@ class RewardFn:
         return grading.GradingPolicy(qa_metric=self.qa_metric, qa_threshold=t)
 
     def format_ok(self, traj: Trajectory) -> bool:
-        """No format error under ``format_rules`` (the trajectory stores every code)."""
+        """No format error under ``format_rules``: ``strict`` from the stored codes, ``official`` by the
+        released validator on the text with the run's tool tags (:meth:`use_grammar`)."""
+        if self.format_rules == "official":
+            if self._grammar is None:
+                raise ValueError("reward.format_rules=official reads the tool tags of the run's grammar: "
+                                 "call RewardFn.use_grammar(grammar) first")
+            return not protocol.official_format_errors(traj.response_text, self._grammar.tool_tags)
         return not protocol.rule_errors(traj.format_errors, self.format_rules)
 
     def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:
