@@ -164,3 +164,28 @@ def test_reward_official_rules_and_reader_from_the_text():
     assert not strict["format_ok"] and official["format_ok"]
     assert strict["correctness"] == 0.0  # strict credit: the block's \boxed{1}
     assert grading.official_reward_answer(text, "math") == "2"  # the released reward credits the last box
+
+
+def test_official_rl_reader_credits_the_last_box_once_an_answer_block_exists(tok, tools, tmp_path):
+    """N10 through every RL path: the rollout engine (reward.answer_extraction=official), the
+    components the reward and the verl reward share, and the composed config."""
+    from conftest import compose
+    from etagent.config import build
+    from etagent.export.verl_reward import compute_score
+    from etagent.rl.reward import score_components
+
+    text = f"<think>so {B}{{42}}</think><answer>the answer is above</answer>"
+    be = Scripted(tok, {MATH.question: [[text]]})
+    (strict,) = RolloutEngine(be, tools).rollout([MATH], 1, SamplingParams())
+    (official,) = RolloutEngine(be, tools, answer_extraction="official_reward").rollout([MATH], 1, SamplingParams())
+    assert (strict.answer, strict.score) == (None, 0.0) and (official.answer, official.score) == ("42", 1.0)
+    assert score_components(text, MATH, answer_extraction="official")["correctness"] == 1.0
+    assert score_components(text, MATH)["correctness"] == 0.0
+    assert compute_score("math_effi_rl", text, ["42"], answer_extraction="official")["correctness"] == 1.0
+    no_block = f"<think>so {B}{{42}}</think>"
+    assert score_components(no_block, MATH, answer_extraction="official")["correctness"] == 0.0
+    with pytest.raises(ValueError, match="answer_extraction"):
+        score_components(text, MATH, answer_extraction="lenient")
+    reward = build(compose(["reward.answer_extraction=official"], run_dir=tmp_path).reward, "reward")
+    assert reward.engine_extraction == "official_reward"
+    assert build(compose([], run_dir=tmp_path).reward, "reward").engine_extraction == "strict"

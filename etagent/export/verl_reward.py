@@ -19,7 +19,9 @@ and calls one of:
 
 Correctness counts only from a well-formed ``<answer>..\\boxed{..}..</answer>`` (as the
 RL reward); ``format_rules`` (``strict`` | ``official``, a ``reward_kwargs`` entry) picks the
-grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL.
+grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL, and
+``answer_extraction`` (``strict`` | ``official``: the released reward's reader) the answer, as
+``reward.answer_extraction``.
 
 Nothing is re-implemented here: components come from
 :func:`etagent.rl.reward.score_components` (grading via :mod:`etagent.grading`, tags via
@@ -101,6 +103,7 @@ def compute_score(
     model_tokens: int | None = None,
     tokenizer_path: str | None = None,
     format_rules: str = _DEFAULTS.format_rules,
+    answer_extraction: str = _DEFAULTS.answer_extraction,
     **kwargs: Any,
 ) -> dict[str, float]:
     """Score one rollout (verl ``custom_reward_function`` signature).
@@ -114,7 +117,7 @@ def compute_score(
     """
     comps = _components(data_source, solution_str, ground_truth, extra_info, qa_metric=qa_metric,
                         domain=domain, model_tokens=model_tokens, tokenizer_path=tokenizer_path,
-                        format_rules=format_rules)
+                        format_rules=format_rules, answer_extraction=answer_extraction)
     score = shape_group_scores([comps], group_key=None, mode="correctness")[0]
     return dict(comps, score=score)
 
@@ -130,6 +133,7 @@ def _components(
     model_tokens: int | None,
     tokenizer_path: str | None,
     format_rules: str = _DEFAULTS.format_rules,
+    answer_extraction: str = _DEFAULTS.answer_extraction,
 ) -> dict[str, float]:
     info = _info(extra_info)
     try:
@@ -148,7 +152,7 @@ def _components(
         model_tokens = int(info["model_tokens"])
     tok = _tokenizer(tokenizer_path) if (model_tokens is None and tokenizer_path) else None
     c = score_components(solution_str or "", example, qa_metric=qa_metric, model_tokens=model_tokens, tokenizer=tok,
-                         format_rules=format_rules)
+                         format_rules=format_rules, answer_extraction=answer_extraction)
     fmt = 1.0 if c["format_ok"] else 0.0
     return {
         "correctness": float(c["correctness"]),
@@ -236,6 +240,7 @@ def compute_score_batch(
     domain: str | None = None,
     tokenizer_path: str | None = None,
     format_rules: str = _DEFAULTS.format_rules,
+    answer_extraction: str = _DEFAULTS.answer_extraction,
     return_dict: bool = True,
     **kwargs: Any,
 ) -> list[dict[str, float]] | list[float]:
@@ -256,7 +261,8 @@ def compute_score_batch(
     items = []
     for i in range(n):
         c = _components(data_sources[i], solution_strs[i], ground_truths[i], infos[i], qa_metric=qa_metric,
-                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules)
+                        domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules,
+                        answer_extraction=answer_extraction)
         c["extra_info"] = infos[i]
         items.append(c)
     scores = shape_group_scores(items, group_key, sigma_tool=sigma_tool, sigma_len=sigma_len, mode=mode)

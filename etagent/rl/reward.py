@@ -163,17 +163,25 @@ def score_components(
     model_tokens: int | None = None,
     tokenizer: Any = None,
     format_rules: str = "strict",
+    answer_extraction: str = "strict",
 ) -> dict[str, Any]:
     """Components of one rollout from its text (the verl reward and tests use this).
 
-    Grading goes through :mod:`etagent.grading` only, with answer-block-only credit. The
+    Grading goes through :mod:`etagent.grading` only, with answer-block-only credit
+    (``answer_extraction=official``: the released reward's reader). The
     length is ``model_tokens`` if given, else the model-token count of ``tokenizer`` (tool
     results masked), else a whitespace-token approximation outside result blocks.
     """
     from etagent import grading  # lazy: keeps import of this module light
 
     parsed = protocol.parse(response_text)
-    answer, correctness = grading.GradingPolicy(qa_metric=qa_metric).grade_text(example, response_text)
+    if answer_extraction not in ("strict", "official"):
+        raise ValueError(f"answer_extraction must be 'strict' or 'official', got {answer_extraction!r}")
+    if answer_extraction == "official":
+        answer = grading.official_reward_answer(response_text, example.domain)
+        correctness = grading.GradingPolicy(qa_metric=qa_metric).grade(example, answer)
+    else:
+        answer, correctness = grading.GradingPolicy(qa_metric=qa_metric).grade_text(example, response_text)
     if format_rules == "official":  # the released validator reads the text (tool tags of this parse's grammar)
         format_ok = not protocol.official_format_errors(response_text, parsed.tool_tags)
     else:
