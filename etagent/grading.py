@@ -40,7 +40,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from etagent import protocol
-from etagent.records import Example
+from etagent.records import MATH, Example
 
 MATH_METRIC, F1, EM = "math", "f1", "em"
 #: math-verify per-call limit (seconds) when running in the main thread.
@@ -91,6 +91,120 @@ def block_answer(text: str | None, grammar: protocol.Grammar) -> str | None:
         return None
     answers = [s for s in grammar.parse(text).answer_segments() if s.closed]
     return protocol.extract_boxed(answers[-1].content) if answers else None
+
+
+# --------------------------------------------------------------------------- the released readers
+#
+# Written from the released functions' behaviour (asilverlight/ET-Agent), not copied: the evaluation
+# reads an answer with ``extract_answer`` (``flywheel/src/utils.py``; ``evaluation/src/sample_processor.py``
+# imports the same-named function from its own ``utils``) and its evaluator falls back to the output's
+# last five lines when that is empty (``evaluation/src/evaluator.py`` ``evaluate_sample``); the RL
+# reward (``ARPO/verl_arpo_entropy/verl/utils/reward_score/efficiency.py``) needs an answer block and
+# then takes, for math, the last ``\boxed`` anywhere in the response.
+
+#: Answer readers (the rollout engine's ``answer_extraction``): ``strict`` (etagent), the released
+#: evaluation's and the released RL reward's.
+ANSWER_EXTRACTIONS: tuple[str, ...] = ("strict", "official_eval", "official_reward")
+
+
+def _balanced_boxed(text: str, idx: int) -> tuple[str, bool]:
+    """``text[idx:]`` up to the brace that closes the first ``{`` after ``idx`` (and whether one did)."""
+    depth = 0
+    for j in range(idx, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[idx : j + 1], True
+    return text[idx:], False
+
+
+def _unwrap(boxed: str) -> str:
+    """``\\boxed{x}`` -> ``x``, then ``\\text{x}`` -> ``x`` (the released unwrapping); else unchanged."""
+    if boxed.startswith("\\boxed{") and boxed.endswith("}"):
+        boxed = boxed[len("\\boxed{") : -1]
+        if boxed.startswith("\\text{") and boxed.endswith("}"):
+            boxed = boxed[len("\\text{") : -1]
+    return boxed
+
+
+def _eval_last_boxed(text: str) -> str:
+    """The released evaluation's last ``\\boxed`` (else ``\\fbox``) span: to its closing brace, or to
+    the end of the text when none closes; ``""`` when there is none."""
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        idx = text.rfind("\\fbox")
+    return "" if idx < 0 else _balanced_boxed(text, idx)[0]
+
+
+def official_extract_answer(text: str | None) -> str:
+    """The released evaluation's ``extract_answer``: the boxed answer inside the last
+    ``<answer>..</answer>``; an answer block without a (non-empty) ``\\boxed{}`` gives its raw text;
+    no answer block (or an empty one) gives the last ``\\boxed{}`` anywhere; ``""`` if none."""
+    text = text or ""
+    inner = None
+    end = text.rfind("</answer>")
+    if end >= 0:
+        start = text.rfind("<answer>", 0, end)
+        if start >= 0:
+            inner = text[start + len("<answer>") : end]
+    if inner:  # a whitespace-only block counts as an answer (released truthiness)
+        boxed = _unwrap(_eval_last_boxed(inner.strip()))
+        return boxed if boxed else inner
+    return _unwrap(_eval_last_boxed(text.strip()))
+
+
+def official_eval_answer(text: str | None) -> str | None:
+    """What the released evaluator grades: :func:`official_extract_answer`, else the output's last
+    five lines (blank lines squeezed once, as ``output.replace("\\n\\n", "\\n")``); None if empty."""
+    pred = official_extract_answer(text)
+    if not pred and text:
+        pred = "\n".join(text.replace("\n\n", "\n").strip().split("\n")[-5:])
+    return pred or None
+
+
+def _reward_last_boxed(text: str) -> str | None:
+    """The released reward's ``last_boxed_only_string`` (``reward_score/math.py``): a ``\\boxed `` with a
+    space anywhere wins (its text up to a ``$``); else the last ``\\boxed`` / ``\\fbox`` with balanced
+    braces; None when there is none or its braces never close."""
+    if "\\boxed " in text:
+        return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        idx = text.rfind("\\fbox")
+    if idx < 0:
+        return None
+    span, closed = _balanced_boxed(text, idx)
+    return span if closed else None
+
+
+_FIRST_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def official_reward_answer(text: str | None, domain: str | None) -> str | None:
+    """The released RL reward's answer: None without a closed ``<answer>`` block (no credit); then
+    for math the last ``\\boxed`` anywhere in the response (even outside the block), for QA the last
+    ``\\boxed`` of the first answer block (``compute_score_math`` / ``compute_score_deep_research``)."""
+    m = _FIRST_ANSWER_RE.search((text or "").strip())
+    if m is None:
+        return None
+    span = _reward_last_boxed(text if domain == MATH else m.group(1))
+    if span is None:
+        return None
+    return span[len("\\boxed{") : -1] if span.startswith("\\boxed") and span.endswith("}") else span
+
+
+def extract_for(text: str | None, rule: str, domain: str | None, grammar: protocol.Grammar) -> str | None:
+    """The answer of a response under ``rule`` (:data:`ANSWER_EXTRACTIONS`); ``grammar``: the run's
+    (the strict reader parses the answer block with it; the released readers match literal tags)."""
+    if rule == "strict":
+        return block_answer(text, grammar)
+    if rule == "official_eval":
+        return official_eval_answer(text)
+    if rule == "official_reward":
+        return official_reward_answer(text, domain)
+    raise ValueError(f"answer extraction must be one of {ANSWER_EXTRACTIONS}, got {rule!r}")
 
 
 # --------------------------------------------------------------------------- math

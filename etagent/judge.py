@@ -1,21 +1,28 @@
 """LLM judge through any generation backend: math answer equivalence and conciseness.
 
-The paper judges math correctness with Qwen2.5-72B-Instruct and conciseness with an LLM
-"majority over several judgements". :class:`LLMJudge` does both with any
-:class:`~etagent.backends.base.GenerationBackend` (``hf``, ``vllm``, ``openai``): the
-prompt templates, the verdict pattern and the yes/no words come from config
-(``conf/judge/llm.yaml``), never from this file.
+The paper judges math correctness and conciseness with a separate, stronger model
+(Qwen2.5-72B-Instruct). :class:`LLMJudge` does both with any
+:class:`~etagent.backends.base.GenerationBackend` (``hf``, ``vllm``, ``openai``), which must be
+the judge's own (``judge.backend``; the evaluated policy never judges itself): the prompt
+templates, the verdict pattern and the yes/no words come from config (``conf/judge/llm.yaml``),
+never from this file. The rules are the released ones:
 
-* One question = ``n_votes`` sampled judgements (one ``generate`` call with ``n=n_votes``
-  per batch of questions). The decision is a strict majority of *all* requested votes:
-  ``yes > n_votes / 2``. A vote whose reply has no parsable verdict, or that the backend
-  failed to produce, counts as an error (``stats['errors']``) and as not-yes, so failures
-  never turn into acceptances.
-* Departure from the released code (which accepts a math answer if *any* of up to 4
-  judgements says correct, method-spec section 3): majority, as the paper describes for
-  conciseness.
-* ``shortcut_math``: a prediction math-verify already finds equal to a gold answer is
-  accepted without asking the LLM (saves most calls; the LLM only rules on the rest).
+* **Math equivalence** (released ``evaluation/src/evaluator.py`` with its ``llm_evaluator_sds``
+  ``LLMEvaluator``, whose file is not in the searchable index; the rule as its Tool-Star-family
+  copies and the issue state it): an answer is accepted if string equivalence already holds
+  (``shortcut_math``; etagent's string check is math-verify, the released one a normalised
+  string match) or a judge reply says correct. ``math_votes`` replies are asked (released
+  evaluation: 1) and any positive one accepts (the released flywheel judge, too, accepts on the
+  first of up to 4 replies that says correct: ``flywheel/src/src_sample_process.py``).
+* **Conciseness** (released ``radar/run.py`` ``evaluate_redundancy`` with ``radar/prompts.py``):
+  the prompt shows the question, the **gold answer** and the trajectory and asks whether the
+  trajectory contains a redundant or ineffective tool call; ``n_votes`` replies (released: 10,
+  ``radar/args.py --round``). The released rule is ``0 if yes > no else 1`` for the flag
+  "no redundancy", i.e. a trajectory is **concise unless the votes saying "redundant" (yes)
+  outnumber those saying "not redundant" (no)**: a tie, unparsable replies and failed calls all
+  leave it concise.
+* A vote whose reply has no parsable verdict, or that the backend failed to produce, is counted
+  in ``stats['errors']`` and is neither yes nor no.
 * :meth:`grade` has the signature of :func:`etagent.grading.grade`, so a judge can be the
   rollout engine's grader: math via the judge, QA via token F1/EM as usual.
 * :meth:`concise_fn` matches ``etagent.evaluation.metrics``' ``concise_fn(traj, example)``.
@@ -37,7 +44,7 @@ log = logging.getLogger(__name__)
 #: Fields each prompt template must use (checked at construction).
 TEMPLATE_FIELDS: dict[str, tuple[str, ...]] = {
     "equivalence": ("question", "prediction", "gold"),
-    "conciseness": ("question", "response"),
+    "conciseness": ("question", "response", "gold"),  # released radar prompt: the golden answer is shown
 }
 DEFAULT_VERDICT_PATTERN = r"(?i)verdict\s*[:：]\s*\**\s*([a-z]+)"
 
@@ -59,34 +66,40 @@ def _fields(template: str) -> set[str]:
 
 
 class LLMJudge:
-    """Majority-vote LLM judge (see module docstring).
+    """The released judge rules with a separate judge model (see module docstring).
 
-    ``prompts``: ``equivalence`` (fields ``{question} {prediction} {gold}``),
-    ``conciseness`` (``{question} {response}``) and optionally ``system``.
+    ``prompts``: ``equivalence`` (fields ``{question} {prediction} {gold}``; a positive verdict =
+    equivalent), ``conciseness`` (``{question} {response} {gold}``; a positive verdict = the
+    trajectory HAS a redundant or ineffective call) and optionally ``system``.
     ``verdict_pattern``: a regex whose group 1 is the verdict word of a reply (the last
     match counts); ``positive`` / ``negative`` list the words meaning yes / no.
+    Sampling: the released judge servers' (``radar/vllm_client_pool.py``: T 0.6, top_p 0.95,
+    repetition penalty 1.05).
     """
 
     def __init__(
         self,
         backend: Any,
         prompts: Mapping[str, str],
-        n_votes: int = 3,
-        temperature: float = 0.7,
-        top_p: float = 1.0,
+        n_votes: int = 10,
+        math_votes: int = 1,
+        temperature: float = 0.6,
+        top_p: float = 0.95,
+        repetition_penalty: float = 1.05,
         max_new_tokens: int = 512,
         seed: int | None = 0,
         tokenizer: Any = None,
         verdict_pattern: str = DEFAULT_VERDICT_PATTERN,
-        positive: Sequence[str] = ("yes", "equivalent", "correct", "concise", "true"),
-        negative: Sequence[str] = ("no", "different", "incorrect", "redundant", "false"),
+        positive: Sequence[str] = ("yes", "equivalent", "correct", "true"),
+        negative: Sequence[str] = ("no", "different", "incorrect", "false"),
         shortcut_math: bool = True,
         batch_size: int = 64,
     ) -> None:
         if backend is None:
-            raise ValueError("judge.backend is null: pass a backend (e.g. the policy's) or configure one")
-        if n_votes < 1:
-            raise ValueError(f"judge.n_votes must be >= 1, got {n_votes}")
+            raise ValueError("judge.backend is null: judge=llm needs its own judge model (the paper: "
+                             "Qwen2.5-72B-Instruct), e.g. an openai node pointing at its server")
+        if n_votes < 1 or math_votes < 1:
+            raise ValueError(f"judge.n_votes and judge.math_votes must be >= 1, got {n_votes}, {math_votes}")
         if batch_size < 1:
             raise ValueError(f"judge.batch_size must be >= 1, got {batch_size}")
         prompts = dict(prompts or {})
@@ -116,7 +129,8 @@ class LLMJudge:
             raise ValueError("judge: the backend has no tokenizer; pass judge.tokenizer")
         self.prompts = prompts
         self.system_prompt = prompts.get("system") or None
-        self.n_votes, self.temperature, self.top_p = int(n_votes), float(temperature), float(top_p)
+        self.n_votes, self.math_votes = int(n_votes), int(math_votes)
+        self.temperature, self.top_p, self.repetition_penalty = float(temperature), float(top_p), float(repetition_penalty)
         self.max_new_tokens, self.seed = int(max_new_tokens), seed
         self.shortcut_math, self.batch_size = bool(shortcut_math), int(batch_size)
         self.stats = {"items": 0, "votes": 0, "errors": 0, "shortcuts": 0}
@@ -139,17 +153,18 @@ class LLMJudge:
 
         return build_prompt_ids(self.tokenizer, user_text, self.system_prompt)
 
-    def _vote(self, texts: list[str]) -> list[Verdict]:
-        """``n_votes`` judgements of each prompt text, in batches."""
+    def _vote(self, texts: list[str], n_votes: int, decide) -> list[Verdict]:
+        """``n_votes`` judgements of each prompt text, in batches; ``decide(yes, no)`` -> the decision."""
         from etagent.backends.base import SamplingParams
 
         out: list[Verdict] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
             params = SamplingParams(
-                n=self.n_votes,
+                n=n_votes,
                 temperature=self.temperature,
                 top_p=self.top_p,
+                repetition_penalty=self.repetition_penalty,
                 max_new_tokens=self.max_new_tokens,
                 stop=(),  # why: a judge reply is free text; tool stop strings would cut it
                 seed=None if self.seed is None else int(self.seed) + start,
@@ -164,17 +179,17 @@ class LLMJudge:
                 results = [[] for _ in chunk]
             for comps in results:
                 replies = []
-                for c in list(comps)[: self.n_votes]:
+                for c in list(comps)[:n_votes]:
                     try:
                         replies.append(self.tokenizer.decode(list(c.ids), skip_special_tokens=True))
                     except Exception:  # noqa: BLE001
                         replies.append("")
                 verdicts = [self.parse_verdict(r) for r in replies]
                 yes, no = verdicts.count(True), verdicts.count(False)
-                errors = self.n_votes - yes - no  # unparsable replies and missing completions
-                self.stats["votes"] += self.n_votes
+                errors = n_votes - yes - no  # unparsable replies and missing completions
+                self.stats["votes"] += n_votes
                 self.stats["errors"] += errors
-                out.append(Verdict(decision=2 * yes > self.n_votes, yes=yes, no=no, errors=errors, replies=replies))
+                out.append(Verdict(decision=bool(decide(yes, no)), yes=yes, no=no, errors=errors, replies=replies))
         self.stats["items"] += len(texts)
         return out
 
@@ -190,6 +205,7 @@ class LLMJudge:
         texts: list[str] = []
         for i, (question, pred, gold) in enumerate(items):
             golds = [gold] if isinstance(gold, str) else [str(g) for g in gold]
+            gold_text = _golds(golds)
             if pred is None or not str(pred).strip():
                 verdicts[i] = Verdict(decision=False)
                 continue
@@ -199,9 +215,10 @@ class LLMJudge:
                 continue
             ask.append(i)
             texts.append(
-                self.prompts["equivalence"].format(question=question, prediction=str(pred), gold=" OR ".join(golds))
+                self.prompts["equivalence"].format(question=question, prediction=str(pred), gold=gold_text)
             )
-        for i, v in zip(ask, self._vote(texts)):
+        # released: accepted when a judge reply says correct (one reply in the released evaluation)
+        for i, v in zip(ask, self._vote(texts, self.math_votes, lambda yes, no: yes >= 1)):
             verdicts[i] = v
         return [v for v in verdicts if v is not None]
 
@@ -216,32 +233,40 @@ class LLMJudge:
         return float(self.equivalent(example.question, answer, example.answers))
 
     # ------------------------------------------------------------------ conciseness
-    def concise_many(self, items: Sequence[tuple[str, str]]) -> list[Verdict]:
-        """Verdicts for ``(question, response)`` items: is the response free of redundant steps?"""
-        return self._vote([self.prompts["conciseness"].format(question=q, response=r) for q, r in items])
+    def concise_many(self, items: Sequence[tuple[str, str, str | Sequence[str]]]) -> list[Verdict]:
+        """Verdicts for ``(question, response, gold)`` items; ``decision`` = concise. ``yes`` counts
+        the votes that found a redundant or ineffective call, ``no`` those that found none."""
+        texts = [self.prompts["conciseness"].format(question=q, response=r, gold=_golds(g)) for q, r, g in items]
+        # released radar/run.py evaluate_redundancy: flag "no redundancy" = 0 if yes > no else 1
+        return self._vote(texts, self.n_votes, lambda yes, no: not yes > no)
 
-    def concise(self, question: str, response: str) -> bool:
-        return self.concise_many([(question, response)])[0].decision
+    def concise(self, question: str, response: str, gold: str | Sequence[str]) -> bool:
+        return self.concise_many([(question, response, gold)])[0].decision
 
     def concise_fn(self, traj: Any, example: Example) -> bool:
         """Adapter for ``evaluation.metrics``' ``concise_fn(traj, example)``."""
-        return self.concise(example.question, traj.response_text)
+        return self.concise(example.question, traj.response_text, example.answers)
 
 
-def build_judge(cfg_judge: Any, backend: Any = None) -> LLMJudge | None:
-    """Instantiate the ``judge`` config group; ``judge: null`` -> None.
+def _golds(gold: str | Sequence[str]) -> str:
+    return gold if isinstance(gold, str) else " OR ".join(str(g) for g in gold)
 
-    A node with ``backend: null`` judges with ``backend`` (e.g. the policy's own).
-    """
+
+def build_judge(cfg_judge: Any) -> LLMJudge | None:
+    """Instantiate the ``judge`` config group; ``judge: null`` -> None. ``judge.backend`` must be set:
+    the judge is a separate model, never the evaluated policy (ConfigError naming the key)."""
     if cfg_judge is None:
         return None
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from etagent.config.validate import ConfigError
+
     plain = OmegaConf.to_container(cfg_judge, resolve=True) if OmegaConf.is_config(cfg_judge) else dict(cfg_judge)
     node = OmegaConf.create(plain)
     if node.get("backend") is None:
-        if backend is None:
-            raise ValueError("judge.backend is null and no default backend was given")
-        return instantiate(node, backend=backend, _convert_="all")
+        raise ConfigError(
+            "judge.backend is null: judge=llm needs a separate judge model (the paper: Qwen2.5-72B-Instruct), "
+            "e.g. judge.backend={_target_: etagent.backends.openai.OpenAIBackend, base_url: http://host:8001/v1, "
+            "model: judge, tokenizer: ...} (conf/judge/llm.yaml)")
     return instantiate(node, _convert_="all")

@@ -186,22 +186,65 @@ class ParsedResponse:
         return render(self.segments)
 
 
-#: Format rule sets (``reward.format_rules``). ``official`` is the released
-#: ``validate_format``: balanced tags, at least one ``<think>`` pair, exactly one answer
-#: block with ``\\boxed{}``, every call followed by its result. ``strict`` (etagent's
-#: default) also rejects the codes in :data:`STRICT_ONLY_CODES`: tags outside the protocol
-#: (``<code>``: a model that invents tags gets no credit for a valid format) and text after
-#: ``</answer>`` (the official check only counts tags, so trailing rambling passes there).
+#: Format rule sets (``reward.format_rules``). ``strict`` (etagent's default) is the grammar of
+#: :meth:`Grammar.parse`: balanced, un-nested blocks, at least one ``<think>`` pair, exactly one
+#: answer block with ``\\boxed{}``, every call followed by its result, no tag outside the protocol
+#: (``<code>``; read outside ``<think>`` only, so ``a<b>`` or ``<br>`` in reasoning is text) and
+#: no text after ``</answer>``. ``official`` is exactly the language of the released
+#: ``validate_format`` (:func:`official_format_errors`), which only counts and orders tag strings.
 FORMAT_RULES: tuple[str, ...] = ("strict", "official")
+#: strict codes the released validator has no rule for (it accepts what they flag)
 STRICT_ONLY_CODES: frozenset[str] = frozenset({"unknown_tag", "text_after_answer"})
 
 
 def rule_errors(codes: Iterable[str], rules: str = "strict") -> list[str]:
-    """The error codes that count as format violations under ``rules`` (strict | official)."""
+    """The stored (strict) error codes that count under ``rules``. Only ``strict`` can be judged from
+    codes: the released validator reads the text (:func:`official_format_errors`)."""
     if rules not in FORMAT_RULES:
         raise ValueError(f"format rules must be one of {FORMAT_RULES}, got {rules!r}")
-    codes = [str(c) for c in codes]
-    return codes if rules == "strict" else [c for c in codes if c not in STRICT_ONLY_CODES]
+    if rules != "strict":
+        raise ValueError("format rules 'official' read the response text: use official_format_errors(text, tool_tags)")
+    return [str(c) for c in codes]
+
+
+def official_format_errors(text: str, tool_tags: Sequence[str]) -> list[FormatError]:
+    """The released ``validate_format`` (``ARPO/verl_arpo_entropy/verl/utils/reward_score/validate_format.py``,
+    same in ``reward_score/math.py``) as a list of at most one error, written from its behaviour and
+    generalised from python/search to the grammar's ``tool_tags``. It counts and orders tag strings
+    only: ``<think>`` and ``</think>`` equally often and at least once; exactly one ``<answer>`` and one
+    ``</answer>``; from each tool opener, the first closer after it, then the first ``<result>`` after
+    the opener and the first ``</result>`` after that, in this order; the answer opener before its
+    closer with ``\\boxed{`` and a ``}`` between them. So it accepts an empty call, nested
+    ``<think>``, an orphan ``<result>``, a ``<think>`` between a call and its result, unknown tags and
+    text after the answer."""
+    text = text if isinstance(text, str) else ("" if text is None else str(text))
+    if text.count("<think>") != text.count("</think>"):
+        return [FormatError("think_unpaired", "<think> and </think> counts differ")]
+    if text.count("<think>") == 0:
+        return [FormatError("think_missing", "no <think>..</think>")]
+    if text.count("<answer>") != 1 or text.count("</answer>") != 1:
+        return [FormatError("answer_count", "not exactly one <answer> and one </answer>")]
+    for tag in tool_tags:
+        opener, closer, pos = open_tag(tag), close_tag(tag), 0
+        while True:
+            start = text.find(opener, pos)
+            if start == -1:
+                break
+            result = text.find("<result>", start)
+            end = text.find(closer, start)
+            result_end = text.find("</result>", result) if result != -1 else -1
+            if -1 in (result, end, result_end):
+                return [FormatError("call_incomplete", f"{opener} without its closer or result", start)]
+            if not start < end < result < result_end:
+                return [FormatError("call_order", f"{opener} call and result out of order", start)]
+            pos = result_end
+    a0, a1 = text.find("<answer>"), text.find("</answer>")
+    if a0 > a1:
+        return [FormatError("answer_order", "</answer> before <answer>", a1)]
+    inside = text[a0:a1]
+    if "\\boxed{" not in inside or "}" not in inside:
+        return [FormatError("boxed_missing", "answer has no \\boxed{}", a0)]
+    return []
 
 
 class Encoder(Protocol):
@@ -327,7 +370,7 @@ class Grammar:
                 nxt = next((t for t in segments[i + 1 :] if not (t.kind == TEXT and not t.content.strip())), None)
                 if nxt is None or nxt.kind != RESULT:
                     errors.append(FormatError("call_without_result", f"<{s.kind}> call has no <result>", s.start))
-            if s.kind in (TEXT, THINK):
+            if s.kind == TEXT:  # reasoning inside <think> may write a<b> or <br>: text, not tags
                 for m in _ANY_TAG_RE.finditer(s.content):
                     if m.group(1) not in tags:
                         errors.append(
@@ -339,9 +382,11 @@ class Grammar:
 
     def validate(self, text: str, rules: str = "strict") -> list[FormatError]:
         """Every format error of ``text`` under ``rules`` (empty list: the grammar is respected)."""
-        errors = self.parse(text).errors
-        keep = set(rule_errors([e.code for e in errors], rules))
-        return [e for e in errors if e.code in keep]
+        if rules not in FORMAT_RULES:
+            raise ValueError(f"format rules must be one of {FORMAT_RULES}, got {rules!r}")
+        if rules == "official":
+            return official_format_errors(text, self.tool_tags)
+        return self.parse(text).errors
 
     def is_valid(self, text: str, rules: str = "strict") -> bool:
         return not self.validate(text, rules)

@@ -132,9 +132,35 @@ def test_hf_sync_weights_sees_new_weights_and_restores_train_mode(tok, model):
     assert m.training  # generation ran in eval mode and restored the trainer's mode
 
 
+def test_repetition_penalty_golden_values_and_off_by_default():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = HFBackend._penalise(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]  # seen: positive / p, negative * p; unseen untouched
+    assert HFBackend._penalise(logits, None, 2.0) is logits  # penalty 1.0 never builds a mask
+    assert SamplingParams().repetition_penalty == 1.0 and SamplingParams().top_k == 0
+
+
+def test_hf_repetition_penalty_and_top_k(tok, model):
+    be = HFBackend(model, tok)
+    prefix = build_prompt_ids(tok, "What is 3*4?")
+    greedy = be.generate([prefix], SamplingParams(temperature=0.0, max_new_tokens=30, stop=()))[0][0]
+    # top_k=1 at temperature 1 is greedy decoding
+    top1 = be.generate([prefix], SamplingParams(temperature=1.0, top_k=1, max_new_tokens=30, stop=(), seed=3))[0][0]
+    assert top1.ids == greedy.ids
+    # an overwhelming penalty forbids every id already in the prefix or sampled (until eos)
+    pen = be.generate([prefix], SamplingParams(temperature=0.0, repetition_penalty=1e6, max_new_tokens=30, stop=()))[0][0]
+    assert pen.ids and len(set(pen.ids)) == len(pen.ids) and not set(pen.ids) & set(prefix)
+    assert len(set(greedy.ids)) < len(greedy.ids) or set(greedy.ids) & set(prefix)  # unpenalised, it repeats
+
+
 def test_sampling_params_and_completion_validation():
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingParams(top_k=-1)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=0.0)
     with pytest.raises(ValueError, match="finish_reason"):
         Completion([1], [0.0], "done")
     with pytest.raises(ValueError, match="logprobs"):
@@ -208,6 +234,9 @@ def test_vllm_translation_with_fake_module(tok, model, monkeypatch):
     assert kw["stop"] == list(GRAMMAR.stop_strings) and kw["include_stop_str_in_output"] is True
     assert kw["logprobs"] == 1 and kw["n"] == 3 and kw["max_tokens"] == 11 and kw["seed"] == 4
     assert kw["skip_special_tokens"] is False
+    assert kw["top_k"] == -1 and kw["repetition_penalty"] == 1.0  # off: vLLM's own "off" values
+    be.generate([[7]], SamplingParams(n=1, top_k=20, repetition_penalty=1.1))
+    assert fake.calls[-1][1]["top_k"] == 20 and fake.calls[-1][1]["repetition_penalty"] == 1.1
     assert fake.engine_kwargs["model"] == "/ckpt" and fake.engine_kwargs["gpu_memory_utilization"] == 0.3
     a, b, c = out[0]
     assert (a.ids, a.finish_reason, a.stop, a.logprobs) == ([8, 5], "stop", "</python>", [-0.5, -1.0])
@@ -312,10 +341,21 @@ def test_openai_token_ids_concurrency_and_retries(tok, monkeypatch):
     assert body["prompt"] in [list(p) for p in prefixes] and body["n"] == 2 and body["max_tokens"] == 9
     assert body["stop"] == list(GRAMMAR.stop_strings) and body["logprobs"] == 1 and body["include_stop_str_in_output"]
     assert sorted(b["seed"] for b in srv.bodies[-6:]) == [5 + i for i in range(6)]
+    assert "top_k" not in body and "repetition_penalty" not in body  # off: a plain server never sees them
     for p, comps in zip(prefixes, out):
         a, b = comps
         assert (a.ids, a.finish_reason, a.stop, a.logprobs) == ([p[-1], 1], "stop", "</python>", [-0.25, -0.5])
         assert (b.ids, b.finish_reason, b.stop) == ([p[-1] + 1, 2], "length", None)
+
+
+def test_openai_sends_the_released_sampling_as_vllm_extra_fields(tok):
+    from etagent.backends.openai import OpenAIBackend
+
+    with _FakeServer() as srv:
+        be = OpenAIBackend(base_url=srv.url, api_key_env="", tokenizer=tok, max_retries=0)
+        be.generate([[5, 6]], SamplingParams(n=2, temperature=0.6, top_p=0.95, top_k=20, repetition_penalty=1.1))
+    body = srv.bodies[0]
+    assert (body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"]) == (0.6, 0.95, 20, 1.1)
 
 
 def test_openai_text_fallback_retokenises_and_restores_trimmed_stop(tok):

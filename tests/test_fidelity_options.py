@@ -26,7 +26,7 @@ class _Engine:
         self.grader, self.grammar = grader, GRAMMAR
         self.max_turn_tokens = 16
 
-    def rollout(self, examples, n, params, group_prefix=""):
+    def rollout(self, examples, n, params, group_prefix="", budget=None):
         out = []
         for ex in examples:
             for k in range(n):
@@ -48,22 +48,41 @@ def _eval_ctx(tmp_path, monkeypatch, overrides, backend):
     monkeypatch.setattr(components, "load_split", lambda ctx, split: [ex])
     monkeypatch.setattr(components, "make_toolset", lambda ctx: unused_toolset())
     monkeypatch.setattr(components, "policy_backend", lambda ctx, path: (backend, None))
-    monkeypatch.setattr(components, "make_engine", lambda ctx, b, grader: _Engine(grader))
+    monkeypatch.setattr(components, "make_engine", lambda ctx, b, grader, **stage: _Engine(grader))
     return ctx
 
 
 def test_eval_stage_uses_the_llm_judge_when_selected(tmp_path, monkeypatch):
+    from judge_backend import ScriptedJudge
+
     from etagent.pipeline import stage_eval
 
-    backend = FakeBackend(lambda text, k: "Verdict: yes")
-    ctx = _eval_ctx(tmp_path, monkeypatch, ["judge=llm", "eval.concise_judge=true"], backend)
+    policy = FakeBackend(lambda text, k: "Verdict: no")
+    judge_node = "judge.backend={_target_: judge_backend.ScriptedJudge, verdict: 'yes'}"
+    ctx = _eval_ctx(tmp_path, monkeypatch, ["judge=llm", "eval.concise_judge=true", judge_node], policy)
     stage_eval.run(ctx)
+    judge = ScriptedJudge.instances[-1]
     metrics = json.loads((tmp_path / "eval" / "seed" / "metrics.json").read_text())
-    prompts = [t for texts, _ in backend.calls for t in texts]
-    assert any("seventeen" in p and "Reference answer: 17" in p for p in prompts)  # math equivalence asked
-    assert any("free of redundant steps" in p for p in prompts)  # conciseness asked
-    assert metrics["overall"]["correctness"] == 1.0  # math-verify alone says "seventeen" != 17
-    assert metrics["overall"]["conciseness_judge"] == 1.0 and metrics["judge"]["items"] == 2
+    prompts = [t for texts, _ in judge.calls for t in texts]
+    assert policy.calls == []  # the evaluated policy never judges itself
+    equivalence = [p for p in prompts if "Predicted answer: seventeen" in p]
+    concise = [p for p in prompts if "redundant or ineffective tool call" in p]
+    assert equivalence and "Reference answer: 17" in equivalence[0]  # math equivalence asked
+    assert concise and "Reference answer: 17" in concise[0]  # the conciseness prompt shows the gold
+    assert metrics["overall"]["correctness"] == 1.0  # the judge says correct; math-verify alone: "seventeen" != 17
+    # 10 votes, all "yes, redundant": not concise
+    assert metrics["overall"]["conciseness_judge"] == 0.0 and metrics["judge"]["items"] == 2
+    assert [params.n for _, params in judge.calls] == [1, 10]  # one equivalence reply, ten conciseness votes
+
+
+def test_llm_judge_needs_its_own_backend(tmp_path, monkeypatch):
+    from etagent.config.validate import ConfigError
+    from etagent.pipeline import stage_eval
+
+    policy = FakeBackend(lambda text, k: "Verdict: yes")
+    with pytest.raises(ConfigError, match="judge.backend"):
+        stage_eval.run(_eval_ctx(tmp_path, monkeypatch, ["judge=llm"], policy))
+    assert policy.calls == [] and not (tmp_path / "eval" / "seed").exists()
 
 
 def test_eval_stage_without_judge_never_calls_one(tmp_path, monkeypatch):

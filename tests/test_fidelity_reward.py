@@ -164,7 +164,7 @@ def test_paper_configs_use_the_official_budget(tmp_path):
 class _AllCorrect:
     grader = GRADER
 
-    def rollout(self, examples, n, params, group_prefix=""):
+    def rollout(self, examples, n, params, group_prefix="", budget=None):
         return [Trajectory(id=f"{group_prefix}{e.id}#{k}", example_id=e.id, group_id=f"{group_prefix}{e.id}",
                            response_text="", score=1.0) for e in examples for k in range(n)]
 

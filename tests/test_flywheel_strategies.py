@@ -264,10 +264,11 @@ def test_oracle_refine_is_minimal_plan(toolset, verifier):
 class ScriptedLLM:
     tokenizer = type("T", (), {
         "apply_chat_template": staticmethod(lambda m, tokenize=False, add_generation_prompt=True: m[-1]["content"]),
-        "encode": staticmethod(lambda t, add_special_tokens=False: [len(t)]),
+        "encode": staticmethod(lambda t, add_special_tokens=False: ScriptedLLM.prompts.append(t) or [len(t)]),
         "decode": staticmethod(lambda ids, skip_special_tokens=True: ScriptedLLM.reply),
     })()
     reply = ""
+    prompts: list[str] = []
 
     def generate(self, prefixes, params):
         from etagent.backends.base import Completion
@@ -275,22 +276,74 @@ class ScriptedLLM:
         return [[Completion([0], None, "eos")] for _ in prefixes]
 
 
-def test_llm_evolver_parses_replies(toolset, verifier):
+def _llm_evolver(**kw):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load("conf/evolver/llm.yaml")
-    evo = LLMEvolver(prompts=dict(cfg.prompts), backend=ScriptedLLM(), step_level=False, grammar=GRAMMAR)
+    return LLMEvolver(prompts=dict(cfg.prompts), backend=ScriptedLLM(), grammar=GRAMMAR, **kw)
+
+
+def test_llm_evolver_parses_replies(toolset, verifier):
+    evo = _llm_evolver(step_level=False)
     _, ctx = _ctx(toolset, verifier, lambda *a: "", evolver=evo)
+    # the released whole-level rewrite changes the reasoning only: calls, results and answer stay
+    lean = DUP.replace("I need the product.", "Product:").replace("Let me run it again to be sure.", "Again.")
+    ScriptedLLM.reply = "=== BEGIN ===\n" + lean + "\n=== END ==="
+    (cand,) = evo.refine([(MATH, make_traj(MATH, DUP))], ctx)
+    assert cand.text == lean and verifier.verify([cand])[0].ok
+    # a rewrite that drops the repeated call is refused (that is modify_redundancy's job, verified)
     ScriptedLLM.reply = ("=== BEGIN ===\n<think>Compute it.</think><python>print(123*456)</python>" + R("56088")
                          + "<answer>\\boxed{56088}</answer>\n=== END ===")
-    (cand,) = evo.refine([(MATH, make_traj(MATH, DUP))], ctx)
-    assert verifier.verify([cand])[0].ok
+    assert evo.refine([(MATH, make_traj(MATH, DUP))], ctx) == []
+    assert ctx.stats["global_refine/changed_actions"] == 1
     wrong = make_traj(MATH, "<python>print(123*456)</python>" + R("56088") + "So<answer>\\boxed{1}</answer>")
     ScriptedLLM.reply = "STEP: 2\nthe answer step is wrong"
     (f,) = evo.locate([(MATH, wrong)])
     assert f.step == 1 and f.pos == len(split_steps(wrong.response_text, GRAMMAR)[0])
     ScriptedLLM.reply = "HINT: I should re-read the result."
     assert evo.hints([(MATH, wrong)], [f]) == ["<think>I should re-read the result.</think>"]
+
+
+def test_llm_evolver_prompts_never_show_the_gold_answer(toolset, verifier):
+    from omegaconf import OmegaConf
+
+    evo = _llm_evolver()
+    gold = "56088"
+    wrong = make_traj(MATH, "<think>About 50000.</think><answer>\\boxed{50000}</answer>")
+    ScriptedLLM.prompts.clear()
+    ScriptedLLM.reply = "STEP: 1\nno"
+    (f,) = evo.locate([(MATH, wrong)])
+    evo.hints([(MATH, wrong)], [f])
+    evo.corrections([(MATH, wrong)], [f])
+    assert len(ScriptedLLM.prompts) == 3 and not any(gold in p for p in ScriptedLLM.prompts)
+    prompts = dict(OmegaConf.load("conf/evolver/llm.yaml").prompts)
+    with pytest.raises(ValueError, match=r"locate_fault uses \{gold\}"):
+        LLMEvolver(prompts=dict(prompts, locate_fault=prompts["locate_fault"] + " (reference: {gold})"), grammar=GRAMMAR)
+
+
+def test_official_hints_are_the_released_strings_per_domain(toolset, verifier, tmp_path):
+    from conftest import compose
+    from etagent.config import build
+    from etagent.flywheel.loop import FlywheelConfig
+    from etagent.flywheel.strategies import official_hint
+
+    fw = build(compose(["flywheel.hints=official"], run_dir=tmp_path).flywheel, "flywheel")
+    assert fw.hints == "official" and len(fw.official_hints["math"]) == len(fw.official_hints["qa"]) == 6
+    assert all("Python" in h for h in fw.official_hints["math"])  # released Python_Hints / Search_Hints
+    assert all("search" in h or "query" in h for h in fw.official_hints["qa"])
+    wrong = make_traj(MATH, GUESS, "w1")
+    _, ctx = _ctx(toolset, verifier, lambda *a: "", official_hints=fw.official_hints, seed=3)
+    (ins,) = HintInjection().insertions([(MATH, wrong)], ctx.faults([(MATH, wrong)]), ctx)
+    hint = official_hint(wrong, MATH, fw.official_hints, 3, ctx.round)
+    assert ins == f"<think>{hint}</think>" and hint in fw.official_hints["math"]
+    assert {official_hint(make_traj(MATH, GUESS, f"w{i}"), MATH, fw.official_hints, 3, 2) for i in range(40)} == set(
+        fw.official_hints["math"])  # every released string can be drawn
+    assert official_hint(wrong, QA, fw.official_hints, 3, 2) in fw.official_hints["qa"]
+    _, gen_ctx = _ctx(toolset, verifier, lambda *a: "")  # generated (default): the evolver's templates
+    (gen,) = HintInjection().insertions([(MATH, wrong)], gen_ctx.faults([(MATH, wrong)]), gen_ctx)
+    assert gen not in {f"<think>{h}</think>" for h in fw.official_hints["math"]}
+    with pytest.raises(ValueError, match="official_hints"):
+        FlywheelConfig(hints="official", official_hints={}, min_correct=0.75)
 
 
 # --------------------------------------------------------------------------- pool

@@ -76,7 +76,7 @@ class ScriptedEngine:
         self.backend = SyncCounter()
         self.calls: list[tuple[str, list[str], int | None]] = []
 
-    def rollout(self, examples, n, params, prefixes=None, extra_calls=0, group_prefix=""):
+    def rollout(self, examples, n, params, prefixes=None, extra_calls=0, group_prefix="", budget=None):
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise RuntimeError("simulated kill")
         self.calls.append((group_prefix, [e.id for e in examples], params.seed))

@@ -77,6 +77,26 @@ def test_dapo_clip_higher_lets_positive_ratios_rise_further():
     assert st["clip_frac"] == pytest.approx(2 / 4)
 
 
+def test_dual_clip_caps_negative_advantages_golden_values():
+    new = torch.log(torch.tensor([[5.0, 0.5], [5.0, 2.0]])).requires_grad_()
+    old, mask, adv = torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([-1.0, 1.0])
+    plain, _ = PPOClip()(new, old, adv, mask)
+    # seq 0 (A=-1): max(r, clip(r)) = 5, 0.8 ; seq 1 (A=+1): -1.2, -1.2
+    assert plain.item() == pytest.approx((5.0 + 0.8 - 1.2 - 1.2) / 4)
+    dual, st = PPOClip(dual_clip_c=3.0)(new, old, adv, mask)
+    # dual clip: the A<0 token at r=5 is capped at -A*c = 3; r=0.5 (0.8 < 3) and A>0 tokens are unchanged
+    assert dual.item() == pytest.approx((3.0 + 0.8 - 1.2 - 1.2) / 4)
+    assert st["dual_clip_frac"] == pytest.approx(1 / 4)
+    (grad,) = torch.autograd.grad(dual, new)
+    assert grad[0, 0].item() == 0.0 and grad[0, 1].item() == 0.0  # capped and clipped: no push
+    (grad_plain,) = torch.autograd.grad(PPOClip()(new, old, adv, mask)[0], new)
+    assert grad_plain[0, 0].item() == pytest.approx(5.0 / 4)  # d(r)/d(log r) = r, token-mean over 4
+    same, _ = PPOClip(dual_clip_c=3.0)(NEW, OLD, ADV, MASK)  # no ratio past c: identical to PPO-clip
+    assert same.item() == pytest.approx(PPOClip()(NEW, OLD, ADV, MASK)[0].item())
+    with pytest.raises(ValueError, match="dual_clip_c"):
+        PPOClip(dual_clip_c=1.0)
+
+
 def test_kl_term_is_added_only_with_a_reference_and_a_coefficient():
     ref = NEW + 0.1
     base, _ = PPOClip()(NEW, OLD, ADV, MASK)
@@ -100,6 +120,7 @@ def test_algo_group_builds_each_algorithm(tmp_path):
     assert algo("rloo") == Algorithm(name="rloo", advantage=LeaveOneOut())
     assert algo("dr_grpo") == Algorithm(name="dr_grpo", advantage=GroupNorm(norm_by_std=False))
     assert algo("dapo") == Algorithm(name="dapo", loss=PPOClip(clip_high=0.28, agg="token-mean"))
+    assert algo("grpo_dual_clip") == Algorithm(name="grpo_dual_clip", loss=PPOClip(dual_clip_c=3.0))
 
 
 def test_a_bad_algorithm_value_fails_naming_the_key(tmp_path):

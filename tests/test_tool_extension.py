@@ -181,7 +181,7 @@ def test_counted_by_the_pareto_statistics(env, tmp_path):
     class Engine:
         grader = env.grader
 
-        def rollout(self, examples, n, params, group_prefix=""):
+        def rollout(self, examples, n, params, group_prefix="", budget=None):
             return [Trajectory(id=f"{group_prefix}{e.id}#{k}", example_id=e.id, group_id=f"{group_prefix}{e.id}",
                                response_text=rows[k][0], tool_calls=rows[k][1], score=1.0)
                     for e in examples for k in range(n)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import json
 
 
@@ -62,7 +64,15 @@ def test_wandb_offline_run_has_stage_axes_group_job_type_and_name(tmp_path, monk
     t.log({"reward/mean": 0.6}, step=1, stage="rl/stage2")  # its own axis restarts at 1
     t.finish()
     (f,) = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    raw = f.read_bytes()  # the offline run file: protobuf records, strings stored as they are
-    for s in ("rl/stage1/step", "rl/stage1/*", "rl/stage2/*", "seed/*", "experiment=et_agent", "eval,report",
-              "et_agent experiment=et_agent seed=1"):
-        assert s.encode() in raw, s
+    want = ("rl/stage1/step", "rl/stage1/*", "rl/stage2/*", "seed/*", "experiment=et_agent", "eval,report",
+            "et_agent experiment=et_agent seed=1")
+    # the offline run file (protobuf records, strings stored as they are) is written by wandb's own
+    # service process, which may still be flushing after finish() returns: wait for it, boundedly
+    deadline = time.monotonic() + 60
+    while True:
+        raw = f.read_bytes()
+        missing = [s for s in want if s.encode() not in raw]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, missing

@@ -8,7 +8,10 @@ issues #3720/#3960).
 Log-probs: ``Completion.logprobs[i]`` is the log-probability of ``ids[i]`` under the
 temperature-scaled distribution ``softmax(logits / T)`` *before* top-p truncation (T=1 for
 greedy). That is the distribution the trainer recomputes for its importance ratio; a
-server may report a different convention (see each backend's docstring).
+server may report a different convention (see each backend's docstring). ``top_k`` and
+``repetition_penalty`` (off by default) follow vLLM: the penalty divides a positive logit
+(multiplies a negative one) of every id already in the prompt or the sampled ids; ``hf``
+reports log-probs after the penalty (the distribution sampled from).
 
 Continuation states (KV reuse across tool turns): ``generate(prefixes, params, states)``.
 ``states=None`` means the caller will not continue these sequences. A list (one entry per
@@ -46,8 +49,16 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = True
+    # released evaluation / flywheel sampling (vLLM semantics): top_k 20, repetition_penalty 1.1;
+    # 0 and 1.0 switch them off (the defaults, so every sampler without them is unchanged)
+    top_k: int = 0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"SamplingParams.repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
         if self.n < 1:
             raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
         if self.temperature < 0:

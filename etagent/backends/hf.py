@@ -263,6 +263,14 @@ class HFBackend(GenerationBackend):
                 self.model.train()
         return out  # type: ignore[return-value]
 
+    @staticmethod
+    def _penalise(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
+        """vLLM/HF repetition penalty: a seen id's positive logit is divided by ``penalty``, a negative one multiplied."""
+        if seen is None:
+            return logits
+        logits = logits.float()
+        return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
     def _sample(self, logits: torch.Tensor, params: SamplingParams, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = logits.float()
         temp = params.temperature if params.temperature > 0 else 1.0
@@ -273,6 +281,9 @@ class HFBackend(GenerationBackend):
             tok = probs.argmax(-1)
         else:
             p = probs
+            if params.top_k > 0 and params.top_k < p.shape[-1]:  # keep the k most likely ids
+                kth = p.topk(params.top_k, dim=-1).values[..., -1:]
+                p = p.masked_fill(p < kth, 0.0)
             if params.top_p < 1.0:
                 sp, si = p.sort(dim=-1, descending=True)
                 drop = sp.cumsum(-1) - sp > params.top_p  # keep the smallest set reaching top_p
@@ -304,6 +315,13 @@ class HFBackend(GenerationBackend):
         stops = tuple(s for s in params.stop if s)
         may_stop, window = self._stop_table(stops) if stops else (None, 0)
 
+        seen = None  # repetition penalty: which ids each row has in its prefix or has sampled
+        if params.repetition_penalty != 1.0:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            seen = torch.zeros((B, vocab), dtype=torch.bool, device=dev)
+            for b, p in enumerate(prefixes):
+                seen[b, torch.tensor(p, dtype=torch.long, device=dev)] = True
+
         cache = self._new_cache(P + S + params.max_new_tokens)
         t0 = time.perf_counter()
         if P:  # seed the cache with each row's stored KV, right-aligned (zeros under the mask elsewhere)
@@ -329,7 +347,9 @@ class HFBackend(GenerationBackend):
         ents: list[list[float]] = [[] for _ in range(B)]
         result: list[Completion | None] = [None] * B
         for step in range(params.max_new_tokens):
-            tok, lp, ent = self._sample(logits, params, gen)
+            tok, lp, ent = self._sample(self._penalise(logits, seen, params.repetition_penalty), params, gen)
+            if seen is not None:
+                seen[torch.arange(len(slots), device=dev), tok] = True
             is_eos = torch.isin(tok, eos)
             cand = may_stop[tok] & ~is_eos if may_stop is not None else None
             tok_l, lp_l, ent_l, eos_l = tok.tolist(), lp.tolist(), ent.tolist(), is_eos.tolist()
@@ -365,6 +385,8 @@ class HFBackend(GenerationBackend):
                 k = torch.tensor(live, device=dev)
                 _select_rows(cache, k)
                 attn, next_pos, tok = attn[k], next_pos[k], tok[k]
+                if seen is not None:
+                    seen = seen[k]
                 slots = [slots[s] for s in live]
             attn = torch.cat([attn, attn.new_ones((len(slots), 1))], dim=1)
             logits = self.model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),

@@ -15,7 +15,8 @@ warning is logged once when it does not).
 
 Stop strings are sent with ``include_stop_str_in_output`` (vLLM) and ``no_stop_trim``
 (SGLang) so the closer stays in the output; if the server still trims it, the stop string
-is appended (re-tokenised). Log-probs: ``logprobs=1``; ``token_logprobs`` as the server
+is appended (re-tokenised). ``top_k`` / ``repetition_penalty`` go as vLLM's extra request
+fields when switched on. Log-probs: ``logprobs=1``; ``token_logprobs`` as the server
 computes them (vLLM: before temperature by default). eos: a ``stop`` finish with no string
 ``stop_reason`` is ``eos`` (trailing eos id dropped).
 """
@@ -109,6 +110,12 @@ class OpenAIBackend(GenerationBackend):
         }
         if params.logprobs:
             body["logprobs"] = 1
+        # vLLM's OpenAI-compatible server takes these as extra request fields (the released scripts'
+        # extra_body); sent only when switched on, so a server without them never sees the keys
+        if params.top_k > 0:
+            body["top_k"] = int(params.top_k)
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = float(params.repetition_penalty)
         if params.seed is not None:
             body["seed"] = int(params.seed) + index  # distinct but reproducible per prompt
         body.update(self.extra_body)

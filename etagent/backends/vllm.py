@@ -7,7 +7,8 @@ and tests run without it. Prompts go in as token ids (``{"prompt_token_ids": ids
 Translation of :class:`SamplingParams`: ``stop`` -> ``stop`` with
 ``include_stop_str_in_output=True`` (the closer stays in the response, as the protocol
 needs), ``logprobs=1`` (the sampled token's log-prob is always among those returned),
-``n``, ``seed``, ``max_new_tokens`` -> ``max_tokens``, ``skip_special_tokens=False``.
+``n``, ``seed``, ``max_new_tokens`` -> ``max_tokens``, ``skip_special_tokens=False``,
+``top_k`` (0 -> vLLM's -1, off) and ``repetition_penalty``.
 ``finish_reason``: vLLM's ``stop`` with a string ``stop_reason`` -> ``stop``; with an
 integer or ``None`` stop reason (eos / stop token) -> ``eos`` and the trailing eos id is
 dropped (backend contract); ``length`` -> ``length``.
@@ -44,7 +45,7 @@ class VLLMBackend(GenerationBackend):
     kind = "vllm"
 
     def __init__(self, model: str | None = None, tokenizer: Any = None, gpu_memory_utilization: float = 0.5,
-                 tensor_parallel_size: int = 1, max_model_len: int | None = 4096, dtype: str = "auto", seed: int = 0,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None, dtype: str = "auto", seed: int = 0,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, llm_kwargs: dict | None = None):
         self.model_path = model
         self.tokenizer = tokenizer
@@ -84,6 +85,8 @@ class VLLMBackend(GenerationBackend):
             logprobs=1 if params.logprobs else None,
             seed=params.seed,
             skip_special_tokens=False,
+            top_k=params.top_k if params.top_k > 0 else -1,  # vLLM: -1 = off
+            repetition_penalty=params.repetition_penalty,
         )
 
     # ------------------------------------------------------------------ contract

@@ -23,8 +23,8 @@ from etagent.utils.io import atomic_write_json, atomic_write_text
 
 
 def sampling_params(cfg: EvalConfig, max_new_tokens: int, seed: int = 0) -> SamplingParams:
-    return SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                          max_new_tokens=max_new_tokens, seed=seed)
+    return SamplingParams(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                          repetition_penalty=cfg.repetition_penalty, max_new_tokens=max_new_tokens, seed=seed)
 
 
 def evaluate(

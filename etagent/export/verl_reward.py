@@ -19,7 +19,9 @@ and calls one of:
 
 Correctness counts only from a well-formed ``<answer>..\\boxed{..}..</answer>`` (as the
 RL reward); ``format_rules`` (``strict`` | ``official``, a ``reward_kwargs`` entry) picks the
-grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL.
+grammar rules of the format penalty, as ``reward.format_rules`` does in etagent's RL, and
+``answer_extraction`` (``strict`` | ``official``: the released reward's reader) the answer, as
+``reward.answer_extraction``.
 
 Nothing is re-implemented here: components come from
 :func:`etagent.rl.reward.score_components` and shaping from
@@ -122,6 +124,7 @@ def compute_score(
     model_tokens: int | None = None,
     tokenizer_path: str | None = None,
     format_rules: str = _DEFAULTS["format_rules"],
+    answer_extraction: str = _DEFAULTS["answer_extraction"],
     overrides: Sequence[str] = (),
     **kwargs: Any,
 ) -> dict[str, float]:
@@ -137,7 +140,7 @@ def compute_score(
     """
     comps = _components(data_source, solution_str, ground_truth, extra_info, qa_metric=qa_metric,
                         domain=domain, model_tokens=model_tokens, tokenizer_path=tokenizer_path,
-                        format_rules=format_rules, overrides=overrides)
+                        format_rules=format_rules, answer_extraction=answer_extraction, overrides=overrides)
     score = shape_group_scores([comps], group_key=None, mode="correctness")[0]
     return dict(comps, score=score)
 
@@ -153,6 +156,7 @@ def _components(
     model_tokens: int | None,
     tokenizer_path: str | None,
     format_rules: str,
+    answer_extraction: str,
     overrides: Sequence[str],
 ) -> dict[str, float]:
     info = _info(extra_info)
@@ -173,7 +177,8 @@ def _components(
         model_tokens = int(info["model_tokens"])
     tok = _tokenizer(tokenizer_path) if (model_tokens is None and tokenizer_path) else None
     c = score_components(solution_str or "", example, grader=env.grader.with_metric(qa_metric), grammar=env.grammar,
-                         model_tokens=model_tokens, tokenizer=tok, format_rules=format_rules)
+                         model_tokens=model_tokens, tokenizer=tok, format_rules=format_rules,
+                         answer_extraction=answer_extraction)
     fmt = 1.0 if c["format_ok"] else 0.0
     return {
         "correctness": float(c["correctness"]),
@@ -261,6 +266,7 @@ def compute_score_batch(
     domain: str | None = None,
     tokenizer_path: str | None = None,
     format_rules: str = _DEFAULTS["format_rules"],
+    answer_extraction: str = _DEFAULTS["answer_extraction"],
     overrides: Sequence[str] = (),
     return_dict: bool = True,
     **kwargs: Any,
@@ -283,7 +289,7 @@ def compute_score_batch(
     for i in range(n):
         c = _components(data_sources[i], solution_strs[i], ground_truths[i], infos[i], qa_metric=qa_metric,
                         domain=domain, model_tokens=None, tokenizer_path=tokenizer_path, format_rules=format_rules,
-                        overrides=overrides)
+                        answer_extraction=answer_extraction, overrides=overrides)
         c["extra_info"] = infos[i]
         items.append(c)
     scores = shape_group_scores(items, group_key, sigma_tool=sigma_tool, sigma_len=sigma_len, mode=mode)

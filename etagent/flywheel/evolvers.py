@@ -14,6 +14,11 @@
   ``openai`` node for a stronger M3). Prompts live in ``conf/evolver/llm.yaml``: whole
   rewrite, step-level refine (replace step k, policy continues), fault location (step k),
   hint writing and step correction. Unparseable replies fall back to the model-free rules.
+  As released (``flywheel/src/prompts.py``, ``flywheel/src/sample_processor.py``): no prompt
+  shows the gold answer (a template using ``{gold}`` is refused), and the whole-trajectory
+  rewrite changes only the reasoning: a rewrite whose tool calls, results or answer differ
+  from the original's, in order, is rejected (released ``refine_trajectory_whole_level`` has
+  the evolver write the thinking between the original, verbatim actions).
 * :class:`OracleEvolver` (``flywheel=oracle_upper_bound`` only): uses the synthetic world's
   minimal plan (``example.plan``) — the refine is the minimal-plan trajectory, the hint
   names the next planned call, the correction *is* that call. An upper bound for the
@@ -167,6 +172,23 @@ def _numbered(steps: list[str]) -> str:
     return "\n".join(f"[Step {k}]\n{s.strip()}" for k, s in enumerate(steps, 1))
 
 
+#: the fields each LLM-evolver prompt may use: never the gold answer (no released evolver prompt shows it)
+PROMPT_FIELDS: dict[str, frozenset[str]] = {
+    "refine_whole": frozenset({"question", "trajectory", "begin", "end"}),
+    "refine_step": frozenset({"question", "steps", "begin", "end"}),
+    "locate_fault": frozenset({"question", "steps", "begin", "end"}),
+    "write_hint": frozenset({"question", "prefix", "fault", "begin", "end"}),
+    "correct_step": frozenset({"question", "prefix", "fault", "rest", "begin", "end"}),
+}
+
+
+def actions(text: str, grammar: protocol.Grammar) -> list[tuple[str, str]]:
+    """The tool calls, their results and the answer of a response, in order: what a rewrite of the
+    reasoning must leave as it is."""
+    keep = set(grammar.tool_tags) | {protocol.RESULT, protocol.ANSWER}
+    return [(s.kind, s.content.strip()) for s in grammar.parse(text).segments if s.kind in keep]
+
+
 class LLMEvolver(Evolver):
     """The paper's prompted evolver; prompts are format strings from config (see yaml)."""
 
@@ -179,10 +201,19 @@ class LLMEvolver(Evolver):
                  hints: Mapping[str, str] | None = None, hint_format: str = DEFAULT_HINT_FORMAT, *,
                  grammar: protocol.Grammar):
         super().__init__(hints, hint_format, grammar=grammar)
-        required = ("refine_whole", "refine_step", "locate_fault", "write_hint", "correct_step")
-        missing = [k for k in required if k not in prompts]
+        missing = [k for k in PROMPT_FIELDS if k not in prompts]
         if missing:
             raise ValueError(f"evolver.prompts is missing {missing} (conf/evolver/llm.yaml)")
+        import string
+
+        for key, allowed in PROMPT_FIELDS.items():
+            used = {f for _, f, _, _ in string.Formatter().parse(str(prompts[key])) if f}
+            if "gold" in used:
+                raise ValueError(f"evolver.prompts.{key} uses {{gold}}: the evolver never sees the gold answer "
+                                 "(no released evolver prompt does)")
+            if used - allowed:
+                raise ValueError(f"evolver.prompts.{key}: unknown field(s) {sorted(used - allowed)} "
+                                 f"(allowed: {sorted(allowed)})")
         self.prompts = dict(prompts)
         self.backend = backend
         self.temperature = temperature
@@ -228,7 +259,7 @@ class LLMEvolver(Evolver):
         if not self.locate_with_llm or not items:
             return base
         steps = [split_steps(t.response_text, self.grammar) for _, t in items]
-        replies = self.ask([self._fmt("locate_fault", question=ex.question, gold=ex.answer, steps=_numbered(st))
+        replies = self.ask([self._fmt("locate_fault", question=ex.question, steps=_numbered(st))
                             for (ex, _), st in zip(items, steps)])
         out = []
         for f, st, reply in zip(base, steps, replies):
@@ -281,6 +312,9 @@ class LLMEvolver(Evolver):
                 body = _between(reply, self.begin, self.end)
                 if body is None or self._cost(body) >= self._cost(t.response_text):
                     ctx.stats["global_refine/not_shorter_or_unparsed"] += 1
+                    continue
+                if actions(body, self.grammar) != actions(t.response_text, self.grammar):  # only the reasoning may change
+                    ctx.stats["global_refine/changed_actions"] += 1
                     continue
                 cands.append(Candidate(ex, t, body.strip(), "global_refine", rank=self._cost(body), key=f"{t.id}|global_refine",
                                        meta={"round": ctx.round, "evolver": self.name, "level": "whole"}))

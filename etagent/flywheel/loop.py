@@ -39,7 +39,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from etagent.behaviour import label_behaviour
 from etagent.flywheel.evolvers import Evolver
@@ -80,6 +80,13 @@ class FlywheelConfig:
     stop_when_no_gain: bool = True
     seed: int = 0
     evolver: Any = None  # an evolver node overriding the `evolver` group (oracle upper bound only; the stage builds it)
+    # tool budget of the flywheel's rollouts (read by the flywheel stage): the released flywheel allows
+    # 6 per kind (+ extra_calls), then one last generation (flywheel/src/sample_processor.py)
+    budget: Literal["total", "per_kind", "per_kind_then_answer"] = "per_kind_then_answer"
+    # hint_injection's hint: generated (the evolver's: templates or LLM-written) | official (one of the
+    # released fixed strings of the question's domain, official_hints[domain], chosen by a seeded draw)
+    hints: Literal["generated", "official"] = "generated"
+    official_hints: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
@@ -89,6 +96,11 @@ class FlywheelConfig:
             if getattr(self, k) < 1:
                 raise ValueError(f"flywheel.{k} must be >= 1, got {getattr(self, k)}")
         self.strategies = list(self.strategies)
+        if self.hints not in ("generated", "official"):
+            raise ValueError(f"flywheel.hints must be 'generated' or 'official', got {self.hints!r}")
+        self.official_hints = {str(k): [str(h) for h in v] for k, v in dict(self.official_hints or {}).items()}
+        if self.hints == "official" and not any(self.official_hints.values()):
+            raise ValueError("flywheel.hints=official needs flywheel.official_hints: {domain: [hint, ...]}")
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -155,7 +167,8 @@ def run_flywheel(engine: Any, examples: list[Example], cfg: FlywheelConfig, out_
         t0 = time.time()
         rnd = Round(r, EvolveContext(engine, fw.verifier, evolver, engine.grammar, round=r, extra_calls=cfg.extra_calls,
                                      continuations=cfg.continuations, temperature=cfg.temperature,
-                                     keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed))
+                                     keep_hint_in_data=cfg.keep_hint_in_data, seed=cfg.seed,
+                                     official_hints=cfg.official_hints if cfg.hints == "official" else None))
         for step in ROUND_STEPS:
             step(fw, rnd)
         write_jsonl(out / f"round_{r}.jsonl", rnd.added)

@@ -67,6 +67,8 @@ class EvolveContext:
     temperature: float = 1.0
     keep_hint_in_data: bool = True
     seed: int | None = None  # base sampling seed (None: backend randomness)
+    # flywheel.hints=official: the released fixed hint strings per answer domain (None: the evolver writes hints)
+    official_hints: dict[str, list[str]] | None = None
     stats: Counter = field(default_factory=Counter)  # "<strategy>/<event>" -> count
     _faults: dict[str, Fault] = field(default_factory=dict)
     _n_sampling: int = 0
@@ -319,11 +321,27 @@ class SelfCorrect(_Reflect):
         return ctx.evolver.corrections(items, faults)
 
 
+def official_hint(traj: Trajectory, example: Example, hints: dict[str, list[str]], seed: int | None, round_: int) -> str:
+    """One of the released fixed hints for the question's domain (``flywheel/src/prompts.py``
+    ``Python_Hints`` for math sources, ``Search_Hints`` otherwise, drawn with ``random.choice`` in
+    ``flywheel/src/sample_processor.py``), drawn reproducibly per trajectory and round; "" if the
+    domain has none."""
+    import random
+
+    pool = hints.get(example.domain) or []
+    return random.Random(f"{seed}:{round_}:{traj.id}").choice(pool) if pool else ""
+
+
 class HintInjection(_Reflect):
     name = "hint_injection"
 
     def insertions(self, items, faults, ctx):
-        return ctx.evolver.hints(items, faults)
+        if ctx.official_hints is None:
+            return ctx.evolver.hints(items, faults)
+        # the released hint text after the faulty step, written as the evolver writes its hints
+        fmt = getattr(ctx.evolver, "hint_format", "{hint}")
+        return [fmt.format(hint=h.strip()) if h.strip() else ""
+                for h in (official_hint(t, ex, ctx.official_hints, ctx.seed, ctx.round) for ex, t in items)]
 
     def finalise(self, text, traj, fault, ins, prefix, ctx):
         if ctx.keep_hint_in_data or not ins:

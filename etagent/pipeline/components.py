@@ -136,12 +136,14 @@ def policy_backend(ctx: RunContext, path: Path):
     return make_backend(ctx, path, load_tokenizer(path)), None
 
 
-def make_engine(ctx: RunContext, backend: Any, grader: Any):
+def make_engine(ctx: RunContext, backend: Any, grader: Any, **stage: Any):
     """A rollout engine over the run's tool set and grammar, grading with ``grader`` (the run's,
-    ``run_env(ctx).grader``, or a stage's derivation of it: its ``qa_metric``, a judge)."""
+    ``run_env(ctx).grader``, or a stage's derivation of it: its ``qa_metric``, a judge). ``stage``:
+    the calling stage's own engine settings over the ``rollout`` group's (``budget``,
+    ``answer_extraction``: e.g. ``eval.budget``, ``flywheel.budget``)."""
     env = run_env(ctx)
     return build(ctx.cfg.rollout, "rollout", backend=backend, toolset=env.toolset, grader=grader, grammar=env.grammar,
-                 system_prompt=env.system_prompt)
+                 system_prompt=env.system_prompt, **stage)
 
 
 def sft_config(ctx: RunContext, which: str):

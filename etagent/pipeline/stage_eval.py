@@ -6,11 +6,13 @@ so an interrupted evaluation continues with the next policy.
 
 Grading is the run's :class:`etagent.grading.Grader` with ``eval.qa_metric``; calls are the
 run's grammar's.
-``judge=llm``: math equivalence is decided by the LLM judge (the paper's Qwen2.5-72B role;
-``judge.backend: null`` = the evaluated policy's own backend) and, with
+``judge=llm``: math equivalence is decided by the LLM judge (the paper's Qwen2.5-72B role; a
+separate model: ``judge.backend`` must be set, the policy never judges itself) and, with
 ``eval.concise_judge=true``, conciseness too (``conciseness_judge``; the rule-based
 ``conciseness`` stays); judge statistics land in ``metrics.json['judge']``. Departure: the
-default (``judge=none``) grades math with math-verify, not an LLM.
+default (``judge=none``) grades math with math-verify, not an LLM. The rollouts use
+``eval.budget`` and read answers with ``eval.answer_extraction`` (``experiment=paper_eval``:
+the released evaluator's rules).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def run(ctx: RunContext) -> dict:
         from etagent.config.validate import ConfigError
 
         raise ConfigError("eval.concise_judge=true needs an LLM judge: add `judge=llm`")
+    # the judge is its own model (judge.backend), built once before any rollout: a missing one fails here
+    judge = build_judge(judge_cfg) if judge_cfg is not None else None
     policies = ctx.policies()
     overall: dict[str, dict] = {}
     for name, path in policies.items():
@@ -49,10 +53,12 @@ def run(ctx: RunContext) -> dict:
             overall[name] = read_json(pdir / "metrics.json")["overall"]
             continue
         backend, model = components.policy_backend(ctx, path)
-        # judge=llm: math equivalence by the judge (judge.backend null = this policy's backend),
-        # and with eval.concise_judge the judge's conciseness verdicts (conciseness_judge)
-        judge = build_judge(judge_cfg, backend=backend) if judge_cfg is not None else None
-        engine = components.make_engine(ctx, backend, grader.with_judge(judge) if judge else grader)
+        # judge=llm: math equivalence by the judge, and with eval.concise_judge its conciseness
+        # verdicts (conciseness_judge); statistics per policy
+        if judge is not None:
+            judge.stats = {k: 0 for k in judge.stats}
+        engine = components.make_engine(ctx, backend, grader.with_judge(judge) if judge else grader,
+                                        budget=ecfg.budget, answer_extraction=ecfg.engine_extraction)
         concise_fn = judge.concise_fn if judge is not None and ecfg.concise_judge else None
         with tqdm(total=len(examples), desc=f"eval {name}", unit="q", leave=False) as bar:
             trajs, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed), progress=bar.update,

@@ -80,7 +80,7 @@ def run(ctx: RunContext) -> dict:
         raise ConfigError("flywheel.finetune_between_rounds=true needs backend=hf or backend=vllm "
                           "(a server's weights cannot follow the fine-tuning)")
     backend, _ = components.policy_backend(ctx, policy)
-    engine = components.make_engine(ctx, backend, env.grader)
+    engine = components.make_engine(ctx, backend, env.grader, budget=fcfg.budget)  # released: per_kind_then_answer
     finetune_fn = make_finetuner(ctx, fdir, backend, policy) if finetune else None
     pool = run_flywheel(engine, train, fcfg, fdir, tracker=ctx.tracker, evolver=evolver, finetune_fn=finetune_fn)
     summary = {"pool": len(pool)} if hasattr(pool, "__len__") else {}

@@ -104,16 +104,20 @@ def run(ctx: RunContext) -> dict:
     # reward.qa_metric grades the RL rollouts (the engine sets traj.score the reward uses)
     grader = env.grader.with_metric(reward.qa_metric)
 
-    def make_engine(model, tok):
+    def make_backend(model, tok):
         if kind == "vllm":  # vLLM loads a directory, never an in-memory module
             ckpt = CheckpointSynced.save(model, tok, rdir / "vllm_weights")
-            backend = CheckpointSynced(components.make_backend(ctx, ckpt, tok), ckpt, tok)
-        else:
-            backend = components.make_backend(ctx, model, tok)
-        return components.make_engine(ctx, backend, grader)
+            return CheckpointSynced(components.make_backend(ctx, ckpt, tok), ckpt, tok)
+        return components.make_backend(ctx, model, tok)
 
-    def evaluate_fn(model, tok, examples, name):
-        engine = make_engine(model, tok)
+    def make_engine(model, tok):
+        # RL rollouts: rollout.budget (released RL: 6 calls in all); Pareto sampling passes
+        # schedule.sample_budget per call; the reward's answer reader grades the samples
+        return components.make_engine(ctx, make_backend(model, tok), grader, answer_extraction=reward.engine_extraction)
+
+    def evaluate_fn(model, tok, examples, name):  # dev evaluation: the eval group's budget and reader
+        engine = components.make_engine(ctx, make_backend(model, tok), grader,
+                                        budget=ecfg.budget, answer_extraction=ecfg.engine_extraction)
         _, metrics = evaluate(engine, examples, ecfg, seed=int(ctx.cfg.seed))
         return metrics["overall"]
 

@@ -87,6 +87,9 @@ class Schedule:
     seed: int = 0
     start: Literal["ase", "seed"] = "ase"  # the policy RL starts from (etagent.pipeline.stage_rl.start_policy)
     merge_stages: bool = False  # train `stages` as ONE stage at the same budget (merge_stages())
+    # tool budget of the Pareto-sampling rollouts: the released direct rollouts allow 6 per kind, then
+    # one last generation (direct_rollout/src/sample_processor.py); RL training uses rollout.budget
+    sample_budget: Literal["total", "per_kind", "per_kind_then_answer"] = "per_kind_then_answer"
 
     def __post_init__(self) -> None:
         if self.on_empty not in ON_EMPTY:
@@ -206,7 +209,7 @@ def sample_and_select(engine, pool: Sequence[Example], spec: StageSpec, sampler,
                                 seed=(sched.seed * 100_003 + stage * 1_009 + start) % (2**31))
         if rl.max_response_tokens is not None:
             params = params.replace(max_new_tokens=int(rl.max_response_tokens))
-        trajs.extend(engine.rollout(chunk, spec.k, params, group_prefix=f"sample{stage}/"))
+        trajs.extend(engine.rollout(chunk, spec.k, params, group_prefix=f"sample{stage}/", budget=sched.sample_budget))
     by_group: dict[str, list[Any]] = {}
     for t in trajs:
         by_group.setdefault(t.group_id, []).append(t)

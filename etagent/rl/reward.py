@@ -13,9 +13,12 @@ format validity. The shaped reward of rollout i in its group is
 Correctness counts only from a well-formed answer block: the ``\\boxed{}`` of a closed
 ``<answer>`` block (:func:`etagent.grading.block_answer`), as in the official reward; a
 response that boxes its answer in ``<think>`` or plain text gets correctness 0 (reward =
-format penalty only). Which grammar violations count is ``format_rules``: ``strict``
-(etagent default: the official rules plus ``unknown_tag`` and ``text_after_answer``) or
-``official`` (the released ``validate_format``); see :data:`etagent.protocol.STRICT_ONLY_CODES`.
+format penalty only). ``answer_extraction=official`` reads the answer as the released reward
+does instead (an answer block must exist; then math takes the last ``\\boxed`` anywhere:
+:func:`etagent.grading.official_reward_answer`); the RL engine grades with it. Which grammar
+violations count is ``format_rules``: ``strict`` (etagent default: the official rules plus
+``unknown_tag`` and ``text_after_answer``) or ``official`` (exactly the released
+``validate_format``: :func:`etagent.protocol.official_format_errors`).
 Calls are counted by paired tags of the run's grammar (official ``count_valid_tags``:
 ``Trajectory.n_calls``), so a configured tool's calls count too.
 
@@ -51,7 +54,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from etagent import protocol
-from etagent.grading import Grader
+from etagent.grading import Grader, official_reward_answer
 from etagent.records import Example, Trajectory
 
 COMPONENTS: tuple[str, ...] = ("correctness", "n_calls", "length", "format_ok")
@@ -168,17 +171,27 @@ def score_components(
     model_tokens: int | None = None,
     tokenizer: Any = None,
     format_rules: str = "strict",
+    answer_extraction: str = "strict",
 ) -> dict[str, Any]:
     """Components of one rollout from its text (the verl reward and tests use this).
 
     ``grader`` and ``grammar``: the run's (the grader with the reward's ``qa_metric``);
-    answer-block-only credit. The length is ``model_tokens`` if given, else the model-token
-    count of ``tokenizer`` (tool results masked), else a whitespace-token approximation outside
-    result blocks.
+    answer-block-only credit (``answer_extraction=official``: the released reward's reader).
+    The length is ``model_tokens`` if given, else the model-token count of ``tokenizer`` (tool
+    results masked), else a whitespace-token approximation outside result blocks.
     """
     parsed = grammar.parse(response_text)
-    answer, correctness = grader.grade_text(example, response_text, grammar)
-    format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
+    if answer_extraction not in ("strict", "official"):
+        raise ValueError(f"answer_extraction must be 'strict' or 'official', got {answer_extraction!r}")
+    if answer_extraction == "official":
+        answer = official_reward_answer(response_text, example.domain)
+        correctness = grader.grade(example, answer)
+    else:
+        answer, correctness = grader.grade_text(example, response_text, grammar)
+    if format_rules == "official":  # the released validator reads the text (the run's tool tags)
+        format_ok = not protocol.official_format_errors(response_text, grammar.tool_tags)
+    else:
+        format_ok = not protocol.rule_errors([e.code for e in parsed.errors], format_rules)
     if model_tokens is None:
         if tokenizer is not None:
             model_tokens = protocol.model_token_length(grammar.encode_response(tokenizer, response_text)[1])
@@ -262,11 +275,15 @@ class RewardFn:
     length_source: Literal["model_tokens", "all_tokens"] = "model_tokens"
     qa_metric: Literal["f1", "em"] = "f1"
     format_rules: Literal["strict", "official"] = "strict"
+    # how the RL engine reads the credited answer: strict (closed answer block's \boxed) | official
+    # (released reward: an answer block must exist, then math takes the last \boxed anywhere)
+    answer_extraction: Literal["strict", "official"] = "strict"
 
     def __post_init__(self) -> None:
         if not isinstance(self.grammar, protocol.Grammar):
             raise TypeError(f"reward: grammar must be the run's etagent.protocol.Grammar, got {type(self.grammar).__name__}")
         checks = {
+            "answer_extraction": (self.answer_extraction, ("strict", "official")),
             "mode": (self.mode, MODES),
             "schedule": (self.schedule, SCHEDULES),
             "length_source": (self.length_source, LENGTH_SOURCES),
@@ -285,6 +302,11 @@ class RewardFn:
         """The config values (what a run summary records)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "grammar"}
 
+    @property
+    def engine_extraction(self) -> str:
+        """The RL rollout engine's ``answer_extraction`` for this reward."""
+        return "official_reward" if self.answer_extraction == "official" else "strict"
+
     def sigmas(self, step: int, total_steps: int, sigma0: Mapping[str, float | None] | None = None
                ) -> tuple[float, float]:
         """(sigma_tool, sigma_len) applied at 0-based ``step`` of a ``total_steps`` stage (log them):
@@ -299,7 +321,10 @@ class RewardFn:
                 sigma_schedule(s_len, step, total_steps, self.schedule))
 
     def format_ok(self, traj: Trajectory) -> bool:
-        """No format error under ``format_rules`` (the trajectory stores every code)."""
+        """No format error under ``format_rules``: ``strict`` from the stored codes, ``official`` by the
+        released validator on the text with the run's tool tags."""
+        if self.format_rules == "official":
+            return not protocol.official_format_errors(traj.response_text, self.grammar.tool_tags)
         return not protocol.rule_errors(traj.format_errors, self.format_rules)
 
     def components(self, groups: Sequence[Sequence[Trajectory]]) -> torch.Tensor:

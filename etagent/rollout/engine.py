@@ -21,14 +21,26 @@ format errors and behaviour labels are computed with it. ``grader`` (the run's
 Robustness: malformed output never raises. A closer without an opener, an empty call or a
 call to a tool the toolset lacks gets an error result (status ``invalid`` / ``error``) and
 the rollout carries on; unknown tags such as ``<code>`` are just text (format errors).
-Budget (``budget``): ``total`` (default; the official RL rollout) allows
-``max_calls_total + extra_calls`` calls in all, and a call over that limit is not run and
-ends the row at once (status ``budget``, no result block, ``finish_reason="budget"``);
-``per_kind`` allows ``max_calls_per_kind + extra_calls`` calls of each kind (an over-budget
-call is not executed: status ``budget`` and a result saying so; after ``budget_grace``
-refused calls the row ends with ``finish_reason="budget"``). At most ``max_turn_tokens`` per turn and
-``max_response_tokens`` sampled+injected tokens (a turn that hits either limit ends the row
-with ``max_tokens``; the last tool result may overshoot the total by one result block).
+Budget (``budget``; a stage may pass its own per call, ``rollout(..., budget=)``): ``total``
+(default; the official RL rollout) allows ``max_calls_total + extra_calls`` calls in all, and a
+call over that limit is not run and ends the row at once (status ``budget``, no result block,
+``finish_reason="budget"``); ``per_kind`` allows ``max_calls_per_kind + extra_calls`` calls of
+each kind (an over-budget call is not executed: status ``budget`` and a result saying so; after
+``budget_grace`` refused calls the row ends with ``finish_reason="budget"``);
+``per_kind_then_answer`` (the released evaluation, flywheel and direct rollouts) allows as many
+per kind, and a call over it is not run and gets no result: the row gets ONE more generation
+(the *final turn*) so that the model can still answer, and ends after it (a call written there
+is not run either: status ``budget``, ``finish_reason="budget"``). A turn that stops at
+``max_turn_tokens`` with response tokens left also gets the final turn under this rule (the
+released loop generates again whenever a turn ends without a call or an answer). At most
+``max_turn_tokens`` per turn and ``max_response_tokens`` sampled+injected tokens (otherwise a
+turn that hits either limit ends the row with ``max_tokens``; the last tool result may
+overshoot the total by one result block).
+
+Answer extraction (``answer_extraction``, :data:`etagent.grading.ANSWER_EXTRACTIONS`):
+``strict`` credits only the ``\\boxed{}`` of a closed answer block; ``official_eval`` is the
+released evaluator's reading and ``official_reward`` the released RL reward's (see
+:func:`etagent.grading.extract_for`).
 
 Token ids are kept end to end: ``response_ids`` is exactly the backend's sampled ids plus
 the injected ids (never decode/re-encode). Sampled eos ids are not part of the response
@@ -94,6 +106,7 @@ class _Row:
     t_end: float = 0.0
     uid: int = 0
     kv: Any = None  # the backend's continuation state from the last turn (KV reuse); forks start without
+    final_turn: bool = False  # per_kind_then_answer: the next generation is the last one
 
     def add(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None, kind: str) -> None:
         start = len(self.ids)
@@ -110,7 +123,8 @@ class _Row:
                     logprobs=self.logprobs[:n_ids], calls=list(self.calls[:n_calls]),
                     counts=_count(self.calls[:n_calls]), segments=[list(s) for s in self.segments[:n_segs]],
                     refused=self.refused, turns=self.turns, h_init=self.h_init, parent=self.uid,
-                    gen_s=self.gen_s, tool_s=self.tool_s, t0=self.t0, uid=uid)
+                    gen_s=self.gen_s, tool_s=self.tool_s, t0=self.t0, uid=uid,
+                    final_turn=self.final_turn)
 
 
 def _count(calls: Sequence[ToolCall]) -> dict[str, int]:
@@ -121,7 +135,7 @@ def _count(calls: Sequence[ToolCall]) -> dict[str, int]:
     return counts
 
 
-BUDGETS = ("total", "per_kind")
+BUDGETS = ("total", "per_kind", "per_kind_then_answer")
 
 
 class RolloutEngine:
@@ -131,8 +145,9 @@ class RolloutEngine:
                  *, system_prompt: str | None, max_calls_per_kind: int = 6, max_response_tokens: int = 512,
                  max_turn_tokens: int = 256, max_result_chars: int = 256, strategy: Literal["standard", "branching"] = "standard",
                  branching: dict | EntropyBrancher | None = None, treat_prefix_as_model: bool = False, budget_grace: int = 2,
-                 budget: Literal["total", "per_kind"] = "total", max_calls_total: int = 6,
-                 label_behaviour: bool = True, progress_min_rows: int = 256):
+                 budget: Literal["total", "per_kind", "per_kind_then_answer"] = "total", max_calls_total: int = 6,
+                 label_behaviour: bool = True, progress_min_rows: int = 256,
+                 answer_extraction: Literal["strict", "official_eval", "official_reward"] = "strict"):
         if strategy not in STRATEGIES:
             raise ValueError(f"rollout.strategy must be one of {STRATEGIES}, got {strategy!r}")
         for key, val in (("max_response_tokens", max_response_tokens), ("max_turn_tokens", max_turn_tokens)):
@@ -143,7 +158,11 @@ class RolloutEngine:
                              "rollout.budget_grace >= 1")
         if budget not in BUDGETS:
             raise ValueError(f"rollout.budget must be one of {BUDGETS}, got {budget!r}")
+        if answer_extraction not in grading.ANSWER_EXTRACTIONS:
+            raise ValueError(f"answer_extraction must be one of {grading.ANSWER_EXTRACTIONS}, got {answer_extraction!r}")
         self.budget = budget
+        self._mode = budget  # the budget rule of the current rollout call (rollout(..., budget=))
+        self.answer_extraction = answer_extraction
         self.max_calls_total = int(max_calls_total)
         self.backend = backend
         self._pass_states = "states" in inspect.signature(backend.generate).parameters
@@ -217,7 +236,7 @@ class RolloutEngine:
             self._queue_call(row, call.kind, call.content)
 
     def _budget(self, extra_calls: int) -> int:
-        base = self.max_calls_total if self.budget == "total" else self.max_calls_per_kind
+        base = self.max_calls_total if self._mode == "total" else self.max_calls_per_kind
         return base + int(extra_calls)
 
     def _queue_call(self, row: _Row, kind: str, query: str, budget: int | None = None) -> None:
@@ -227,14 +246,20 @@ class RolloutEngine:
             row.counts[kind] = row.counts.get(kind, 0) + 1
             self._inject(row, ToolCall(kind, query, f"Error: empty <{kind}> call.", INVALID, 0.0))
             return
-        if self.budget == "total" and sum(row.counts.values()) >= budget:
+        if self._mode == "total" and sum(row.counts.values()) >= budget:
             # official RL rollout: the call over the total limit is not run and the response
             # ends there (no result block); recorded with status budget
             row.calls.append(ToolCall(kind, query, "", BUDGET, 0.0))
             row.refused += 1
             row.finish = F_BUDGET
             return
-        if self.budget == "per_kind" and row.counts.get(kind, 0) >= budget:
+        if self._mode == "per_kind_then_answer" and row.counts.get(kind, 0) >= budget:
+            # released evaluation (evaluation/src/sample_processor.py, SampleProcessor.run) and flywheel /
+            # direct rollouts (flywheel/src/sample_processor.py generate_initial_trajectory): the call over
+            # the per-kind limit is not run and gets no result; one more generation follows
+            self._refuse(row, kind, query)
+            return
+        if self._mode == "per_kind" and row.counts.get(kind, 0) >= budget:
             row.refused += 1
             msg = f"Error: tool budget exhausted, at most {budget} <{kind}> calls are allowed."
             self._inject(row, ToolCall(kind, query, msg, BUDGET, 0.0))
@@ -243,6 +268,15 @@ class RolloutEngine:
             return
         row.counts[kind] = row.counts.get(kind, 0) + 1
         row.pending = (kind, query)
+
+    def _refuse(self, row: _Row, kind: str, query: str) -> None:
+        """per_kind_then_answer: record a call that is not run; the row's next turn is its last."""
+        row.calls.append(ToolCall(kind, query, "", BUDGET, 0.0))
+        row.refused += 1
+        if row.final_turn:
+            row.finish = F_BUDGET
+        else:
+            row.final_turn = True
 
     def _inject(self, row: _Row, call: ToolCall) -> None:
         body = truncate_text(call.result.strip(), self.max_result_chars)[0]
@@ -259,16 +293,27 @@ class RolloutEngine:
             ids, lps, finish, stop = ids[:remaining], (lps[:remaining] if lps else lps), LENGTH, None
         row.add(ids, 1, list(lps) if lps else None, "model")
         row.turns += 1
+        final = row.final_turn
         if finish == EOS:
             row.finish = F_EOS
         elif finish == LENGTH:
-            row.finish = F_MAX_TOKENS
+            if self._mode == "per_kind_then_answer" and not final and len(row.ids) < self.max_response_tokens:
+                row.final_turn = True  # the turn cap, not the response's: one more generation to answer
+            else:
+                row.finish = F_MAX_TOKENS
         elif stop == protocol.ANSWER_STOP_STRING:
             row.finish = F_ANSWER
+        elif stop in self.grammar.call_kind and final:
+            # released: the loop ends after the final generation, so a call written there never runs
+            kind = self.grammar.call_kind[stop]
+            call = self.grammar.last_call(self.tokenizer.decode(ids, skip_special_tokens=False))
+            self._refuse(row, kind, call.content if call is not None and call.kind == kind else "")
         elif stop in self.grammar.call_kind:
             self._parse_call(row, ids, stop)
         else:
             row.finish = F_STOP
+        if final and row.finish is None:  # the final turn is the last one, whatever it wrote
+            row.finish = F_BUDGET
 
     def _parse_call(self, row: _Row, turn_ids: list[int], stop: str) -> None:
         kind = self.grammar.call_kind[stop]
@@ -312,9 +357,14 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ main loop
     def rollout(self, examples: list[Example], n: int, params: SamplingParams, prefixes: list[str] | None = None,
-                extra_calls: int = 0, group_prefix: str = "", treat_prefix_as_model: bool | None = None) -> list[Trajectory]:
+                extra_calls: int = 0, group_prefix: str = "", treat_prefix_as_model: bool | None = None,
+                budget: str | None = None) -> list[Trajectory]:
+        """``budget``: this call's budget rule (a stage's own, e.g. Pareto sampling); None = ``self.budget``."""
         if n < 1:
             raise ValueError(f"rollout n must be >= 1, got {n}")
+        if budget is not None and budget not in BUDGETS:
+            raise ValueError(f"rollout budget must be one of {BUDGETS}, got {budget!r}")
+        self._mode = budget or self.budget
         if prefixes is not None and len(prefixes) != len(examples):
             raise ValueError(f"rollout: {len(prefixes)} prefixes for {len(examples)} examples")
         as_model = self.treat_prefix_as_model if treat_prefix_as_model is None else treat_prefix_as_model
@@ -445,7 +495,8 @@ class RolloutEngine:
             index = {r.uid: k for k, r in enumerate(rows)}
             for k, row in enumerate(rows):
                 text = self.tokenizer.decode(row.ids, skip_special_tokens=False)
-                answer = grading.block_answer(text, self.grammar)  # credit only from a closed <answer>..\boxed{}..</answer>
+                # strict: credit only from a closed <answer>..\boxed{}..</answer>; official_*: the released readers
+                answer = grading.extract_for(text, self.answer_extraction, ex.domain, self.grammar)
                 try:
                     correct = float(self.grader(ex, answer))
                 except Exception as exc:  # noqa: BLE001 - a grader bug must not lose the batch
