@@ -186,6 +186,6 @@ def test_official_rl_reader_credits_the_last_box_once_an_answer_block_exists(tok
     assert score_components(no_block, MATH, **ENV, answer_extraction="official")["correctness"] == 0.0
     with pytest.raises(ValueError, match="answer_extraction"):
         score_components(text, MATH, **ENV, answer_extraction="lenient")
-    reward = build(compose(["reward.answer_extraction=official"], run_dir=tmp_path).reward, "reward")
+    reward = build(compose(["reward.answer_extraction=official"], run_dir=tmp_path).reward, "reward", grammar=GRAMMAR)
     assert reward.engine_extraction == "official_reward"
-    assert build(compose([], run_dir=tmp_path).reward, "reward").engine_extraction == "strict"
+    assert build(compose([], run_dir=tmp_path).reward, "reward", grammar=GRAMMAR).engine_extraction == "strict"
