@@ -17,7 +17,7 @@ from test_synthetic import make_toolset
 
 @pytest.fixture(scope="module")
 def task() -> CalibrationTask:
-    return CalibrationTask(seed=0, n_train=3000, n_dev=50, n_test=50)
+    return CalibrationTask(seed=0, n_train=2000, n_dev=50, n_test=50)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_configured_rates_hold_per_type(default_trajs):
 
 def test_configured_habits_are_greedy_modes(default_trajs):
     """The flaws meant to show at greedy decoding are the teacher's majority choice at their decision
-    point, and the good choice keeps >= 30 % of the data there (for sampling to find)."""
+    point, and the good choice keeps >= 15 % of the data there (for sampling to find)."""
     def after_plan(qtype):  # trajectories that made every needed call: verify (redundant) or answer?
         ts = [t for t in default_trajs if t["type"] == qtype and "insufficient" not in t["flaws"]]
         return _rate(ts, "redundant")
@@ -126,12 +126,12 @@ def test_configured_habits_are_greedy_modes(default_trajs):
         return _rate(ts, "insufficient")
 
     for qtype in ("math_tool", "qa_1hop"):  # the re-check habit: 2 calls where 1 is needed
-        assert 0.55 < after_plan(qtype) < 0.75, qtype
+        assert 0.55 < after_plan(qtype) < 0.85, qtype
     for qtype in ("qa_3hop", "qa_calc"):  # the stop-short habit
         assert 0.55 < at_last_step(qtype) < 0.70, qtype
-    for qtype in ("math_copy", "qa_recall", "qa_2hop"):  # no habit: the good behaviour is the mode
+    for qtype in ("qa_copy", "qa_recall", "qa_2hop"):  # no habit: the good behaviour is the mode
         assert after_plan(qtype) < 0.3 and at_last_step(qtype) < 0.3, qtype
-    for qtype in ("math_copy", "qa_recall"):  # zero-call answers are always right
+    for qtype in ("qa_copy", "qa_recall"):  # zero-call answers are always right
         assert all(t["correct"] for t in default_trajs if t["type"] == qtype)
 
 

@@ -81,6 +81,8 @@ def test_world_checks_numbers_by_hand(run):
     assert top["efficiency"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
     assert top["plan_optimal_efficiency"] == pytest.approx((1 + 1 + 1 + 0) / 4)
     assert top["headroom"] == pytest.approx(0.125)
+    # decisive calls: the three complete plans (two empty ones, the math) are right, the incomplete chain wrong
+    assert (top["complete_plan_share"], top["success_given_complete"], top["success_given_incomplete"]) == (0.75, 1.0, 0.0)
     per_type = res["policies"]["seed"]
     assert per_type["math_tool"]["headroom"] == pytest.approx(0.5) and per_type["qa_3hop"]["insufficient_rate"] == 1.0
     z = res["zero_call"]["all"]

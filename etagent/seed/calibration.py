@@ -18,9 +18,9 @@ Per trajectory, with ``r = rates[type]`` (the same dataclass as the default teac
   plan: answer without a call);
 * ``erroneous`` (excludes insufficient): every needed result present, the written answer wrong;
 * ``redundant``: after the needed calls, ``1 + k`` unneeded ones (each further one with chance
-  ``redundant_extra``, at most 3): a python re-computation of the last python step with the
-  operands swapped (or via a variable), a repeat of the last search, or on a question with an
-  empty plan a call that only restates what is known (``print(<n>)``, the famous fact's search);
+  ``redundant_extra``, at most 3): a repeat of the last call ("Let me verify." / "Let me check
+  again."), or on a question with an empty plan a call that only restates what is known
+  (the famous fact's search, a search for the stated name, ``print(<n>)``);
 * ``aborted``: a malformed call (python syntax error, empty search) right before a needed call,
   then the corrected call.
 
@@ -47,7 +47,6 @@ from etagent.seed.teacher import (
     _malformed,
     _render,
     _Script,
-    _verify_query,
     _wrong_answer,
 )
 
@@ -61,11 +60,12 @@ def _thought(kind: str, query: str, first: bool) -> str:
 def _unneeded_call(ex: Example) -> tuple[str, str]:
     """A call on a question the model should answer directly: print the stated number, or
     search the famous fact it knows."""
-    if ex.domain == QA:
-        from etagent.data.synthetic.calibration import query
+    if ex.domain != QA:
+        return "python", f"print({ex.answer})"
+    from etagent.data.synthetic.calibration import RELATIONS, query
 
-        return "search", query(str(ex.meta["entities"][0]), str(ex.meta["relation"]))
-    return "python", f"print({ex.answer})"
+    entity, relation = str(ex.meta["entities"][0]), str(ex.meta.get("relation"))
+    return "search", query(entity, relation) if relation in RELATIONS else entity
 
 
 def script(ex: Example, r: FlawRates, rng: random.Random) -> _Script:
@@ -93,7 +93,9 @@ def script(ex: Example, r: FlawRates, rng: random.Random) -> _Script:
                 kind, q = _unneeded_call(ex)
                 think = "Let me check with a tool." if j == 0 else "Let me check again."
             elif plan[keep - 1].tool == "python":
-                kind, q = "python", _verify_query(rng, plan[keep - 1])
+                # the same code again: a re-written (swapped) expression is a new chance to miscopy an
+                # operand, which would make the redundant call cost correctness too (measured, WORLD.md)
+                kind, q = "python", plan[keep - 1].query
                 think = "Let me verify."
             else:
                 kind, q = "search", plan[keep - 1].query

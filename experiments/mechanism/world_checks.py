@@ -19,8 +19,10 @@ of the policy (``eval/<policy>/trajectories.jsonl``, the ``eval.split`` question
    efficiency ``mean c_i / max(T_i, 1)`` (``T_i``: paired tool tags; ``c_i``: the graded score,
    as the eval metrics use it).
 
-Every other evaluated policy of the run (``eval/*/``) gets the per-type table too (correct,
-efficiency, calls, redundant, insufficient), so one file shows what each stage changed.
+Per type it also shows how decisive the calls are: the share of trajectories that completed the
+plan (every step's value surfaced) and the success with and without a complete plan. Every other
+evaluated policy of the run (``eval/*/``) gets the per-type table too (correct, efficiency, calls,
+redundant, insufficient), so one file shows what each stage changed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from etagent import grading  # noqa: E402
-from etagent.behaviour import call_count, label_behaviour  # noqa: E402
+from etagent.behaviour import call_count, label_behaviour, surfaces  # noqa: E402
+from etagent.records import OK  # noqa: E402
 from etagent.records import Example, Trajectory, read_jsonl  # noqa: E402
 from etagent.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -56,9 +59,16 @@ def _grader(cfg: dict) -> grading.GradingPolicy:
     return grading.GradingPolicy(qa_metric=str(g.get("qa_metric") or "f1"), qa_threshold=float(g.get("qa_threshold", 0.75)))
 
 
+def plan_complete(t: Trajectory, ex: Example) -> bool:
+    """Every plan step's value surfaced in an ok result (the exact labels' notion of a satisfied step)."""
+    results = [c.result for c in t.tool_calls if c.status == OK]
+    return all(any(surfaces(r, p.expect) for r in results) for p in ex.plan or [])
+
+
 def policy_rows(trajs: Iterable[Trajectory], by_id: dict[str, Example], policy: grading.GradingPolicy) -> dict[str, dict]:
     """Per question type (and ``all``): n, correct, success, efficiency, plan-optimal efficiency,
-    headroom, calls, plan calls, no-call share, redundant and insufficient shares."""
+    headroom, calls, plan calls, no-call share, redundant and insufficient shares, and how decisive
+    the calls are: the share that completed the plan and the success with and without a complete plan."""
     groups: dict[str, list[tuple[Trajectory, Example, dict]]] = defaultdict(list)
     for t in trajs:
         ex = by_id[t.example_id]
@@ -73,12 +83,14 @@ def policy_rows(trajs: Iterable[Trajectory], by_id: dict[str, Example], policy: 
         c = [float(t.score) for t, _, _ in rows]
         calls = [call_count(t) for t, _, _ in rows]
         plan = [len(ex.plan) for _, ex, _ in rows]
+        ok = [float(policy.is_success(ex.domain, float(t.score))) for t, ex, _ in rows]
+        done = [plan_complete(t, ex) for t, ex, _ in rows]
         eff = _mean([ci / max(k, 1) for ci, k in zip(c, calls)])
         opt = _mean([ci / max(p, 1) for ci, p in zip(c, plan)])
         out[key] = {
             "n": len(rows),
             "correct": _mean(c),
-            "success": _mean([float(policy.is_success(ex.domain, float(t.score))) for t, ex, _ in rows]),
+            "success": _mean(ok),
             "efficiency": eff,
             "plan_optimal_efficiency": opt,
             "headroom": (opt - eff) if eff is not None and opt is not None else None,
@@ -88,6 +100,9 @@ def policy_rows(trajs: Iterable[Trajectory], by_id: dict[str, Example], policy: 
             "redundant_rate": _mean([float(lab["redundant"]) for _, _, lab in rows]),
             "insufficient_rate": _mean([float(bool(lab["insufficient"])) for _, _, lab in rows]),
             "erroneous_rate": _mean([float(bool(lab["erroneous"])) for _, _, lab in rows]),
+            "complete_plan_share": _mean([float(d) for d in done]),
+            "success_given_complete": _mean([o for o, d in zip(ok, done) if d]),
+            "success_given_incomplete": _mean([o for o, d in zip(ok, done) if not d]),
         }
     return out
 
@@ -182,13 +197,15 @@ def markdown(res: dict) -> str:
     for name, rows in res["policies"].items():
         lines += ["", f"## Policy `{name}` per type" + (" (checks 3 and 4)" if name == res["policy"] else ""), "",
                   "| type | n | correct % | success % | efficiency % | plan-optimal eff. % | headroom (points) | calls/q "
-                  "| plan calls/q | no-call % | redundant % | insufficient % | erroneous % |",
-                  "|---|" + "---:|" * 12]
+                  "| plan calls/q | no-call % | redundant % | insufficient % | erroneous % | complete plan % "
+                  "| success, plan complete % | success, plan incomplete % |",
+                  "|---|" + "---:|" * 15]
         for k, r in rows.items():
             lines.append(f"| {k} | {r['n']} | {_pct(r['correct'])} | {_pct(r['success'])} | {_pct(r['efficiency'])} "
                          f"| {_pct(r['plan_optimal_efficiency'])} | {_pct(r['headroom'])} | {r['mean_calls']:.2f} "
                          f"| {r['mean_plan_calls']:.2f} | {_pct(r['no_call_share'])} | {_pct(r['redundant_rate'])} "
-                         f"| {_pct(r['insufficient_rate'])} | {_pct(r['erroneous_rate'])} |")
+                         f"| {_pct(r['insufficient_rate'])} | {_pct(r['erroneous_rate'])} | {_pct(r['complete_plan_share'])} "
+                         f"| {_pct(r['success_given_complete'])} | {_pct(r['success_given_incomplete'])} |")
     return "\n".join(lines) + "\n"
 
 

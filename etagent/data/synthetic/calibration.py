@@ -14,13 +14,13 @@ whole entity passage (experiments/mechanism/WORLD.md). This world changes three 
   ====================  =====  ===================================================================
   type                  calls  question
   ====================  =====  ===================================================================
-  ``math_copy``         0      the answer is stated in the question
+  ``qa_copy``           0      the answer (a name) is stated in the question
   ``qa_recall``         0      a fact of a *famous* entity (a small table that training repeats)
-  ``math_tool``         1      arithmetic a tiny model cannot do in its head (python)
+  ``math_tool``         1      arithmetic a tiny model cannot do in its head (python; numbers < 1000)
   ``qa_1hop``           1      one fact of a non-famous entity (search)
   ``qa_2hop``           2      a chain of two facts ("Where was the founder of Quorix Labs born?")
   ``qa_3hop``           3      a chain of three facts
-  ``qa_calc``           2      a searched year, then arithmetic on it (search, python)
+  ``qa_calc``           2      a searched number, then arithmetic on it (search, python)
   ====================  =====  ===================================================================
 
 * **No plan step is satisfied by accident:** a chain is redrawn when a step's value already
@@ -28,7 +28,7 @@ whole entity passage (experiments/mechanism/WORLD.md). This world changes three 
   behaviour labels hold), and chains never pass through famous entities.
 
 Cities have mayors (a person relation), so chains reach people and years, not only one of a
-few countries. Every name word is still unique to one entity (atomic tokens).
+few countries; companies have a number of employees (< 1000, one token), what ``qa_calc`` computes on. Every name word is still unique to one entity (atomic tokens).
 Generated per ``seed`` like the default suite; the default suite is unchanged.
 """
 
@@ -56,6 +56,7 @@ RELATIONS: dict[str, tuple[str, str, str]] = {
     "headquarters": ("company", "city", "headquarters"),
     "founding_year": ("company", "year", "founding year"),
     "founder": ("company", "person", "founder"),
+    "employees": ("company", "number", "employees"),
     "country": ("city", "country", "country"),
     "mayor": ("city", "person", "mayor"),
 }
@@ -76,10 +77,13 @@ ONE_HOP: dict[str, tuple[str, ...]] = {
                       "Which year was {e} founded in?", "Give the year {e} was founded."),
     "founder": ("Who founded {e}?", "Who is the founder of {e}?", "Which person founded {e}?",
                 "Name the founder of {e}.", "{e} was founded by whom?"),
+    "employees": ("How many employees does {e} have?", "What is the number of employees of {e}?",
+                  "How many people work at {e}?"),
     "country": ("In which country is {e}?", "Which country is {e} in?", "{e} is a city in which country?"),
     "mayor": ("Who is the mayor of {e}?", "Name the mayor of {e}.", "Which person is the mayor of {e}?"),
 }
-RECALL_RELATIONS = ("birthplace", "birth_year", "company", "headquarters", "founding_year")
+# entity-valued only: a memorised 4-digit year was the one recall error of the first seed (WORLD.md)
+RECALL_RELATIONS = ("birthplace", "company", "headquarters", "founder")
 
 # chains: the last relation asks the question about a noun phrase built from the earlier ones
 FINAL: dict[str, tuple[str, ...]] = {
@@ -87,6 +91,7 @@ FINAL: dict[str, tuple[str, ...]] = {
     "birth_year": ("In what year was {x} born?", "What is the birth year of {x}?"),
     "headquarters": ("Where is {x} headquartered?", "In which city is {x} headquartered?"),
     "founding_year": ("In what year was {x} founded?", "What is the founding year of {x}?"),
+    "employees": ("How many employees does {x} have?", "What is the number of employees of {x}?"),
     "country": ("In which country is {x}?", "Which country is {x} in?"),
     "mayor": ("Who is the mayor of {x}?", "Name the mayor of {x}."),
 }
@@ -99,6 +104,7 @@ PHRASE: dict[str, str] = {  # the value of a relation, as a noun phrase about {x
 }
 TWO_HOP: tuple[tuple[str, ...], ...] = (
     ("birthplace", "country"), ("birthplace", "mayor"), ("company", "headquarters"), ("company", "founding_year"),
+    ("company", "employees"),
     ("founder", "birthplace"), ("founder", "birth_year"), ("headquarters", "country"), ("headquarters", "mayor"),
     ("mayor", "birthplace"), ("mayor", "birth_year"),
 )
@@ -108,20 +114,29 @@ THREE_HOP: tuple[tuple[str, ...], ...] = (
     ("headquarters", "mayor", "birth_year"), ("headquarters", "mayor", "birthplace"),
     ("birthplace", "mayor", "birth_year"), ("mayor", "birthplace", "country"),
 )
-# a searched year, then arithmetic on it: (op, python operator, templates with {x} = the year phrase)
+# a searched number, then arithmetic on it: op -> (python operator, templates with {x} = the number's phrase)
 CALC: dict[str, tuple[str, tuple[str, ...]]] = {
     "add": ("+", ("What is {x} plus {n}?", "Add {n} to {x}.")),
-    "mul": ("*", ("What is {x} times {n}?", "Multiply {x} by {n}.")),
+    "sub": ("-", ("What is {x} minus {n}?", "Subtract {n} from {x}.")),
 }
+CALC_PHRASE = "the number of employees of {e}"
+# Every number of the arithmetic questions is below 1000, i.e. one token (the tokenizer cuts digits
+# into chunks of 3): the first seeds copied multi-chunk operands and results wrongly in 40-80 % of
+# the python questions (WORLD.md), which made a needed call far from decisive.
+EMPLOYEES = (100, 500)  # a company's number of employees: [lo, hi)
+# zero-call copy: a name stated in the question (name words are atomic tokens: a one- or two-token
+# copy; a stated *number* was copied wrongly 3-13 % of the time by the first seeds, WORLD.md)
+COPY: tuple[str, ...] = ("The answer is {n}. What is the answer?", "Remember the name {n}. Which name was it?",
+                         "Repeat the name {n}.", "The secret name is {n}. What is the secret name?")
 YEAR_PHRASE: dict[str, str] = {"birth_year": "the birth year of {e}", "founding_year": "the founding year of {e}"}
 
-QTYPES: tuple[str, ...] = ("math_copy", "qa_recall", "math_tool", "qa_1hop", "qa_2hop", "qa_3hop", "qa_calc")
-DEFAULT_MIX: dict[str, float] = {"math_copy": 0.10, "qa_recall": 0.08, "math_tool": 0.22, "qa_1hop": 0.12,
-                                 "qa_2hop": 0.14, "qa_3hop": 0.18, "qa_calc": 0.16}
+QTYPES: tuple[str, ...] = ("qa_copy", "qa_recall", "math_tool", "qa_1hop", "qa_2hop", "qa_3hop", "qa_calc")
+DEFAULT_MIX: dict[str, float] = {"qa_copy": 0.10, "qa_recall": 0.08, "math_tool": 0.14, "qa_1hop": 0.30,
+                                 "qa_2hop": 0.08, "qa_3hop": 0.16, "qa_calc": 0.14}
 DEFAULT_WORLD: dict[str, Any] = {"n_people": 400, "n_famous": 4, "n_cities": 60, "n_countries": 12,
                                  "founder_share": 0.5}
 SOURCES = {MATH: "calibration-math", QA: "calibration-qa"}
-_VERSION = 1  # bump when generation changes, so stale files on disk are rewritten
+_VERSION = 4  # bump when generation changes, so stale files on disk are rewritten
 _MAX_DRAWS = 100
 
 
@@ -137,6 +152,7 @@ class KeyedWorld:
 
     base: World
     mayors: dict[str, str]  # city -> person
+    employees: dict[str, int]  # company -> number of employees
 
     def value(self, subject: str, relation: str) -> str:
         w = self.base
@@ -150,6 +166,8 @@ class KeyedWorld:
         if relation in ("headquarters", "founding_year", "founder"):
             c = w.companies[subject]
             return {"headquarters": c.hq_city, "founding_year": str(c.founded_year), "founder": c.founder}[relation]
+        if relation == "employees":
+            return str(self.employees[subject])
         if relation == "country":
             return w.cities[subject].country
         if relation == "mayor":
@@ -164,7 +182,7 @@ class KeyedWorld:
         out: list[tuple[str, str]] = []
         for name, p in self.base.people.items():
             out += [(name, "birthplace"), (name, "birth_year")] + ([(name, "company")] if p.company else [])
-        out += [(c, r) for c in self.base.companies for r in ("headquarters", "founding_year", "founder")]
+        out += [(c, r) for c in self.base.companies for r in ("headquarters", "founding_year", "founder", "employees")]
         out += [(c, r) for c in self.base.cities for r in ("country", "mayor")]
         return out
 
@@ -181,14 +199,16 @@ class KeyedWorld:
 def build_keyed_world(seed: int = 0, n_people: int = 400, n_famous: int = 4, n_cities: int = 60,
                       n_countries: int = 12, founder_share: float = 0.5) -> KeyedWorld:
     """The default world's generator (same names, facts and seed rule) plus a distinct
-    non-famous mayor per city."""
+    non-famous mayor per city and a number of employees per company."""
     base = build_world(seed=seed, n_people=n_people, n_famous=n_famous, n_cities=n_cities,
                        n_countries=n_countries, founder_share=founder_share)
     pool = [p for p in base.people if not base.is_famous(p)]
     if len(pool) < n_cities:
         raise ValueError(f"world: need at least n_cities={n_cities} non-famous people to be mayors, have {len(pool)}")
-    mayors = dict(zip(base.cities, random.Random(f"mayors:{seed}").sample(pool, n_cities)))
-    return KeyedWorld(base, mayors)
+    rng = random.Random(f"keyed:{seed}")
+    mayors = dict(zip(base.cities, rng.sample(pool, n_cities)))
+    employees = {c: rng.randrange(*EMPLOYEES) for c in base.companies}
+    return KeyedWorld(base, mayors, employees)
 
 
 class ChainQuestions:
@@ -235,7 +255,7 @@ class ChainQuestions:
         kind = RELATIONS[relation][1]
         out: list[str] = []
         for _ in range(100):
-            if kind == "year":
+            if kind in ("year", "number"):
                 d = str(int(gold) + rng.choice([-1, 1]) * rng.randint(1, 30))
             else:
                 d = rng.choice({"city": list(w.cities), "country": w.countries, "person": self.pools["person"],
@@ -276,19 +296,31 @@ class ChainQuestions:
         return self._chain(rng, "qa_3hop", THREE_HOP)
 
     def calc(self, rng: random.Random) -> Candidate:
-        """Search a year, then compute on it: [search "<e> <year key>", python print(year <op> n)]."""
-        relation = rng.choice(tuple(YEAR_PHRASE))
-        entity = rng.choice(self._subjects(relation))
-        year = self.world.value(entity, relation)
+        """Search a number, then compute on it: [search "<company> employees", python print(n <op> m)]."""
+        entity = rng.choice(self._subjects("employees"))
+        count = int(self.world.value(entity, "employees"))
         op = rng.choice(tuple(CALC))
         sym, templates = CALC[op]
-        n = rng.randrange(100, 1000) if op == "add" else rng.randrange(11, 100)
-        value = int(year) + n if op == "add" else int(year) * n
-        phrase = YEAR_PHRASE[relation].format(e=entity)
-        question = rng.choice(templates).format(x=phrase, n=n)
-        steps = (PlanStep("search", query(entity, relation), year), PlanStep("python", f"print({year}{sym}{n})", str(value)))
+        while True:  # the question must show neither the searched number nor the answer
+            n = rng.randrange(100, 1000 - EMPLOYEES[1]) if op == "add" else rng.randrange(11, EMPLOYEES[0])
+            value = count + n if op == "add" else count - n
+            if n not in (count, value):
+                break
+        question = rng.choice(templates).format(x=CALC_PHRASE.format(e=entity), n=n)
+        steps = (PlanStep("search", query(entity, "employees"), str(count)),
+                 PlanStep("python", f"print({count}{sym}{n})", str(value)))
         return Candidate("qa_calc", MATH, question, (str(value),), steps,
-                         {"op": op, "relation": relation, "entities": [entity]})
+                         {"op": op, "relation": "employees", "entities": [entity]})
+
+    def copy(self, rng: random.Random) -> Candidate:
+        """The answer is a name stated in the question (a non-famous person, company or city: asked
+        to repeat a famous name, the first seed answered a fact it had memorised about it)."""
+        w = self.world.base
+        pool = [n for n in rng.choice((w.people, w.companies, w.cities)) if not w.is_famous(n)]
+        name = rng.choice(pool)
+        others = [n for n in rng.sample(pool, 4) if n != name][:3]
+        return Candidate("qa_copy", QA, rng.choice(COPY).format(n=name), (name,), (),
+                         {"relation": "copy", "entities": [name], "distractors": others})
 
     def recall_facts(self, seed: int) -> list[RecallFact]:
         """Facts of the famous people and their companies (plan = []): the memorised table."""
@@ -308,6 +340,31 @@ class ChainQuestions:
                 facts.append(RecallFact(f"{entity}:{relation}", tuple(t.format(e=entity) for t in ONE_HOP[relation]),
                                         make))
         return facts
+
+
+def tool_question(rng: random.Random) -> Candidate:
+    """``math_tool`` of this world: the default suite's operations and templates, every operand and
+    result below 1000 (one token each), still beyond a tiny model's head arithmetic."""
+    op = rng.choice(math_tasks.TOOL_OPS)
+    if op == "mul":  # 2-digit x 1-digit
+        a, b = rng.randrange(12, 100), rng.randrange(3, 10)
+        while a * b >= 1000:
+            a = rng.randrange(12, 100)
+        return math_tasks._tool(rng.choice(math_tasks._MUL).format(a=a, b=b), f"{a}*{b}", a * b, op)
+    if op == "add":  # 3-digit + 3-digit
+        a, b = rng.randrange(100, 500), rng.randrange(100, 500)
+        return math_tasks._tool(rng.choice(math_tasks._ADD).format(a=a, b=b), f"{a}+{b}", a + b, op)
+    if op == "mod":  # 3-digit mod 2-digit
+        a, b = rng.randrange(200, 1000), rng.randrange(7, 100)
+        return math_tasks._tool(rng.choice(math_tasks._MOD).format(a=a, b=b), f"{a}%{b}", a % b, op)
+    if op == "pow":  # squares and cubes below 1000
+        b = rng.choice((2, 3))
+        a = rng.randrange(11, 32) if b == 2 else rng.randrange(5, 10)
+        return math_tasks._tool(rng.choice(math_tasks._POW).format(a=a, b=b), f"{a}**{b}", a**b, op)
+    s, d, n = rng.randrange(1, 20), rng.randrange(2, 6), rng.randrange(5, 13)  # sums <= 570
+    value = n * s + d * n * (n - 1) // 2
+    return math_tasks._tool(rng.choice(math_tasks._SEQ).format(n=n, s=s, d=d), f"sum({s}+{d}*k for k in range({n}))",
+                            value, op)
 
 
 class CalibrationTask(SyntheticTask):
@@ -351,6 +408,6 @@ class CalibrationTask(SyntheticTask):
         cq = ChainQuestions(self.keyed_world)
         recall = {"qa_recall": cq.recall_facts(self.seed)}
         fresh: dict[str, Callable[[random.Random], Candidate]] = {
-            "math_copy": math_tasks.copy_question, "math_tool": math_tasks.tool_question,
+            "qa_copy": cq.copy, "math_tool": tool_question,
             "qa_1hop": cq.one_hop, "qa_2hop": cq.two_hop, "qa_3hop": cq.three_hop, "qa_calc": cq.calc}
         return recall, fresh
