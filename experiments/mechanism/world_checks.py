@@ -19,7 +19,9 @@ of the policy (``eval/<policy>/trajectories.jsonl``, the ``eval.split`` question
    efficiency ``mean c_i / max(T_i, 1)`` (``T_i``: paired tool tags; ``c_i``: the graded score,
    as the eval metrics use it).
 
-Per type it also shows how decisive the calls are: the share of trajectories that completed the
+With the downstream stages finished it also records what they spent and produced (stage wall
+times, the flywheel's rounds and the provenance of the ASE set, ASE and RL steps, the questions
+each RL stage re-sampled and selected). Per type it also shows how decisive the calls are: the share of trajectories that completed the
 plan (every step's value surfaced) and the success with and without a complete plan. Every other
 evaluated policy of the run (``eval/*/``) gets the per-type table too (correct, efficiency, calls,
 redundant, insufficient), so one file shows what each stage changed.
@@ -149,6 +151,53 @@ def plan_lengths(examples: Sequence[Example]) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items(), key=lambda kv: (kv[0] != ALL, kv[0]))}
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run_budgets(run: Path) -> dict:
+    """What the downstream stages spent and produced (whatever of them finished): stage wall times,
+    the flywheel's rounds and the provenance of the ASE set (``flywheel/sft.jsonl``: ``strategy`` is
+    ``sample`` for an unedited policy sample, else the edit that made it), the ASE and seed SFT
+    steps, and per RL stage its steps, re-sampled and selected questions and the selected types."""
+    out: dict[str, Any] = {"stage_wall_s": {}}
+    for f in sorted((run / "metrics").glob("pipeline_*.jsonl")):
+        rows = _jsonl(f)
+        if rows and rows[-1].get("wall_s") is not None:
+            out["stage_wall_s"][f.stem.removeprefix("pipeline_")] = round(float(rows[-1]["wall_s"]), 1)
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    stages = summary.get("stages", {})
+    for name in ("seed", "ase"):
+        if name in stages and "steps" in stages[name]:
+            out[f"{name}_steps"] = stages[name]["steps"]
+    rounds = run / "flywheel" / "rounds.json"
+    if rounds.exists():
+        keep = ("round", "questions", "samples", "sample_correct", "accepted", "added", "pool_size", "sft_size")
+        out["flywheel_rounds"] = [{k: r.get(k) for k in keep} for r in json.loads(rounds.read_text())]
+        sft = _jsonl(run / "flywheel" / "sft.jsonl")
+        prov: dict[str, int] = defaultdict(int)
+        for r in sft:
+            prov[str((r.get("meta") or {}).get("strategy"))] += 1
+        out["ase_set"] = {"trajectories": len(sft), "questions": len({r["example_id"] for r in sft}),
+                          "by_strategy": dict(sorted(prov.items())),
+                          "edited_share": (1 - prov.get("sample", 0) / len(sft)) if sft else None}
+    train = run / "world" / "train.jsonl"
+    types = {e.id: str(e.meta.get("type")) for e in read_jsonl(train, Example)} if train.exists() else {}
+    rl = []
+    for d in sorted((run / "rl").glob("stage_*"), key=lambda p: int(p.name.split("_")[1])) if (run / "rl").exists() else []:
+        k = int(d.name.split("_")[1])
+        sel = json.loads((d / "selection.json").read_text()) if (d / "selection.json").exists() else {}
+        picked: dict[str, int] = defaultdict(int)
+        for qid in sel.get("selected_ids", []):
+            picked[types.get(qid, "?")] += 1
+        rl.append({"stage": k, "steps": len(_jsonl(run / "metrics" / f"rl_stage{k}.jsonl")),
+                   "sampled": sel.get("n_sampled"), "selected": sel.get("n_selected"),
+                   "sample_correct": sel.get("sample_correct_mean"), "selected_types": dict(sorted(picked.items()))})
+    if rl:
+        out["rl_stages"] = rl
+    return out
+
+
 def forced_rollouts(run: Path, policy_name: str, examples: Sequence[Example]) -> list[Trajectory]:
     """Greedy continuations of ``NO_CALL_PREFIX`` on ``examples`` with the run's policy and tools."""
     from omegaconf import OmegaConf
@@ -194,6 +243,28 @@ def markdown(res: dict) -> str:
     lines.append("|---|" + "---:|" * len(cols))
     for k, v in res["plan_lengths"].items():
         lines.append(f"| {k} | " + " | ".join(str(v.get(n, 0)) for n in cols) + " |")
+    b = res.get("budgets") or {}
+    if b.get("stage_wall_s"):
+        lines += ["", "## Run: stage wall times (s)", "", "| " + " | ".join(b["stage_wall_s"]) + " | total |",
+                  "|" + "---:|" * (len(b["stage_wall_s"]) + 1),
+                  "| " + " | ".join(str(v) for v in b["stage_wall_s"].values()) + f" | {sum(b['stage_wall_s'].values()):.1f} |"]
+    if b.get("flywheel_rounds"):
+        lines += ["", "## Flywheel rounds", "", "| round | questions | samples | sample correct % | edits accepted "
+                  "| added to pool | pool | ASE set |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in b["flywheel_rounds"]:
+            lines.append(f"| {r['round']} | {r['questions']} | {r['samples']} | {_pct(r['sample_correct'])} | {r['accepted']} "
+                         f"| {r['added']} | {r['pool_size']} | {r['sft_size']} |")
+        a = b["ase_set"]
+        lines += ["", f"ASE set: {a['trajectories']} verified trajectories on {a['questions']} questions; edited "
+                  f"{_pct(a['edited_share'])} % ({', '.join(f'{k} {v}' for k, v in a['by_strategy'].items())}); "
+                  f"ASE steps {b.get('ase_steps', '-')} = {_pct((b.get('ase_steps') or 0) / b['seed_steps']) if b.get('seed_steps') else '-'} "
+                  f"% of the seed SFT's {b.get('seed_steps', '-')}."]
+    if b.get("rl_stages"):
+        lines += ["", "## RL stages", "", "| stage | steps | re-sampled questions | selected | sample correct % | selected types |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for r in b["rl_stages"]:
+            lines.append(f"| {r['stage']} | {r['steps']} | {r['sampled']} | {r['selected']} | {_pct(r['sample_correct'])} "
+                         f"| {', '.join(f'{k} {v}' for k, v in r['selected_types'].items())} |")
     for name, rows in res["policies"].items():
         lines += ["", f"## Policy `{name}` per type" + (" (checks 3 and 4)" if name == res["policy"] else ""), "",
                   "| type | n | correct % | success % | efficiency % | plan-optimal eff. % | headroom (points) | calls/q "
@@ -276,7 +347,7 @@ def run_checks(run: Path, policy_name: str = "seed", forced: bool = True) -> dic
             ">= 10 points"),
     }
     res = {"run": str(run), "policy": policy_name, "split": split, "checks": checks, "zero_call": zero,
-           "plan_lengths": lengths, "policies": policies}
+           "plan_lengths": lengths, "policies": policies, "budgets": run_budgets(run)}
     atomic_write_json(run / "world_checks.json", res)
     atomic_write_text(run / "world_checks.md", markdown(res))
     return res
