@@ -69,6 +69,11 @@ class SyntheticTask:
     splits: tuple[str, ...] = SPLITS
     domain = "mixed"  # math + qa; per example in Example.domain
     metric = None  # per example: meta["metric"] (math for math, f1 for qa)
+    # what a subclass world changes (etagent.data.synthetic.calibration): its types, mix and world sizes
+    qtypes: tuple[str, ...] = QTYPES
+    default_mix: dict[str, float] = DEFAULT_MIX
+    default_world: dict[str, Any] = DEFAULT_WORLD
+    sources: dict[str, str] = SOURCES
 
     def __init__(
         self,
@@ -96,11 +101,11 @@ class SyntheticTask:
         for split, n in self.sizes.items():
             if n < 0:
                 raise ValueError(f"task.n_{split} must be >= 0, got {n}")
-        self.mix = {k: float(v) for k, v in _plain(mix, {q: 0.0 for q in QTYPES} if mix else DEFAULT_MIX,
+        self.mix = {k: float(v) for k, v in _plain(mix, {q: 0.0 for q in self.qtypes} if mix else self.default_mix,
                                                    "mix").items()}
         if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError(f"task.mix: shares must be >= 0 with a positive sum, got {self.mix}")
-        self.world_cfg = _plain(world, DEFAULT_WORLD, "world")
+        self.world_cfg = _plain(world, self.default_world, "world")
         self.recall_max_operand = int(recall_max_operand)
         # Passages per search the corpus is written for (conf/tools reads task.search_top_k): one
         # compact passage per entity needs one hit; fact-style passages need 3 (a company has 3).
@@ -179,12 +184,7 @@ class SyntheticTask:
     def _generate(self) -> dict[str, list[Example]]:
         if self._examples is not None:
             return self._examples
-        kq = KnowledgeQuestions(self.world)
-        recall: dict[str, list[RecallFact]] = {"math_recall": math_tasks.recall_facts(self.recall_max_operand),
-                                               "qa_recall": kq.recall_facts(self.seed)}
-        fresh: dict[str, Callable[[random.Random], Candidate]] = {
-            "math_tool": math_tasks.tool_question, "math_copy": math_tasks.copy_question,
-            "qa_1hop": kq.one_hop, "qa_2hop": kq.two_hop}
+        recall, fresh = self._sources()
         seen: dict[str, str] = {}  # normalised question -> split that owns it
         out: dict[str, list[Example]] = {}
         # test first: it is the split whose questions must be most surely unseen
@@ -200,6 +200,16 @@ class SyntheticTask:
             out[split] = [self._to_example(c, split, i) for i, c in enumerate(cands)]
         self._examples = out
         return out
+
+    def _sources(self) -> tuple[dict[str, list[RecallFact]], dict[str, Callable[[random.Random], Candidate]]]:
+        """(memorised facts by type, fresh-question generators by type): every type of ``qtypes``."""
+        kq = KnowledgeQuestions(self.world)
+        recall: dict[str, list[RecallFact]] = {"math_recall": math_tasks.recall_facts(self.recall_max_operand),
+                                               "qa_recall": kq.recall_facts(self.seed)}
+        fresh: dict[str, Callable[[random.Random], Candidate]] = {
+            "math_tool": math_tasks.tool_question, "math_copy": math_tasks.copy_question,
+            "qa_1hop": kq.one_hop, "qa_2hop": kq.two_hop}
+        return recall, fresh
 
     def _draw_recall(self, facts: list[RecallFact], split: str, count: int, rng: random.Random,
                      seen: dict[str, str]) -> list[Candidate]:
@@ -233,7 +243,7 @@ class SyntheticTask:
 
     def _to_example(self, c: Candidate, split: str, i: int) -> Example:
         return Example(id=f"{self.name}-{split}-{i:05d}", question=c.question, answers=list(c.answers),
-                       domain=c.domain, source=SOURCES[c.domain], split=split, plan=list(c.plan),
+                       domain=c.domain, source=self.sources[c.domain], split=split, plan=list(c.plan),
                        meta={"type": c.qtype, "metric": self.domains[c.domain].metric, **copy.deepcopy(c.meta)})
 
 
