@@ -81,23 +81,31 @@ phase() { xargs -r -P "$JOBS" -L 1 bash -c 'one "$@"' _; }
 # phase 3 groups reuse the flywheel + ASE of another run of the same seed
 declare -A REUSE=([et_agent_released]=et_agent [no_pareto]=et_agent [one_stage]=et_agent [no_flywheel]=rft_only)
 
+# Seed-major: every group of seed s finishes before seed s+1 starts, so a sweep cut short leaves
+# whole paired seeds (the statistics use the seeds complete in both groups), not five lone seed agents.
 for s in $SEEDS; do
-  echo "seed_agent $s stages=[world,seed,eval]"
-done | phase
-for s in $SEEDS; do
+  echo "seed_agent $s stages=[world,seed,eval]" | phase
+  # DESIGN.md: the world checks are recomputed on every seed's own seed agent (world_checks.{json,md})
+  if [ "$PRESET" = mechanism ]; then
+    if [ "$DRY_RUN" = 1 ]; then echo "[mechanism] plan world_checks seed=$s"
+    elif [ ! -f "$OUT/seed_agent/seed_$s/world_checks.json" ]; then
+      OMP_NUM_THREADS=$THREADS "$PY" experiments/mechanism/world_checks.py "$OUT/seed_agent/seed_$s" \
+        > "$OUT/seed_agent/seed_$s.world_checks.log" 2>&1 || die "world checks failed: $OUT/seed_agent/seed_$s.world_checks.log"
+    fi
+  fi
   base="init_from=$OUT/seed_agent/seed_$s init_stages=[world,seed]"
-  # rft_only only feeds no_flywheel (whose eval scores its ASE policy too): no eval of its own
-  if has no_flywheel "${groups[@]}"; then echo "rft_only $s experiment=rft_only stages=[world,seed,flywheel,ase] $base"; fi
-  for g in "${groups[@]}"; do
-    if [ -z "${REUSE[$g]:-}" ]; then echo "$g $s experiment=$g $base"; fi
-  done
-done | phase
-for s in $SEEDS; do
+  {
+    # rft_only only feeds no_flywheel (whose eval scores its ASE policy too): no eval of its own
+    if has no_flywheel "${groups[@]}"; then echo "rft_only $s experiment=rft_only stages=[world,seed,flywheel,ase] $base"; fi
+    for g in "${groups[@]}"; do
+      if [ -z "${REUSE[$g]:-}" ]; then echo "$g $s experiment=$g $base"; fi
+    done
+  } | phase
   for g in "${groups[@]}"; do
     from=${REUSE[$g]:-}
     if [ -n "$from" ]; then echo "$g $s experiment=$g init_from=$OUT/$from/seed_$s init_stages=[world,seed,flywheel,ase]"; fi
-  done
-done | phase
+  done | phase
+done
 [ "$DRY_RUN" = 1 ] && exit 0
 dirs=()
 for g in "${groups[@]}"; do dirs+=("$OUT/$g"); done
