@@ -199,3 +199,17 @@ def test_cli_options_and_errors(sweep: Path, tmp_path: Path, capsys):
     assert "t lower bound > 1 points" in out and "lower bound > -1 points" in out
     assert main([str(sweep), "--out", str(tmp_path / "p"), "--reference", "nope"]) == 2
     assert "--reference 'nope' is not a group here" in capsys.readouterr().err
+
+
+def test_fewer_pairs_than_the_design_needs_is_interim(sweep: Path, tmp_path: Path):
+    """A pre-registered seed count: with fewer pairs the intervals show but no goal is decided."""
+    full = compare([sweep], tmp_path / "a", start_policy=None, target="full", reference="plain", n_boot=200, min_pairs=4)
+    assert full["paired"]["interim"] is False and full["paired"]["goals"][0]["met_t"] is True
+    early = compare([sweep], tmp_path / "b", start_policy=None, target="full", reference="plain", n_boot=200, min_pairs=6)
+    assert early["paired"]["interim"] is True and early["paired"]["min_pairs"] == 6
+    for g in early["paired"]["goals"]:  # the interval is still computed, the decision is withheld
+        assert g["t_low"] is not None and g["met_t"] is None and g["met_bootstrap"] is None
+    md = (tmp_path / "b" / "compare.md").read_text()
+    assert "**Interim**: 4 of the 6 seed pairs the design needs" in md and "t lower bound > 0 points: interim" in md
+    with pytest.raises(ValueError, match="min_pairs must be >= 2"):
+        compare([sweep], tmp_path / "c", start_policy=None, target="full", reference="plain", n_boot=10, min_pairs=1)

@@ -327,12 +327,17 @@ def _num(v: Any) -> float | None:
 
 def paired_study(runs_by_group: Mapping[str, Sequence[Any]], reference: str | None, target: str | None,
                  units: Callable[[Any], Units | None], *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
-                 level: float = LEVEL, goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0) -> dict[str, Any]:
+                 level: float = LEVEL, goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0,
+                 min_pairs: int = 2) -> dict[str, Any]:
     """Every group minus ``reference``, and ``target`` minus every other group (its ablations).
 
     ``goal_eff_lb`` / ``goal_correct_lb`` are in points (percentage points): the target-minus-
-    reference interval's lower bound must exceed them (efficiency and correctness).
+    reference interval's lower bound must exceed them (efficiency and correctness). A goal is
+    decided only with at least ``min_pairs`` seed pairs (a pre-registered design's seed count):
+    below it the section is *interim*, the intervals are shown and ``met_*`` stay None.
     """
+    if int(min_pairs) < 2:
+        raise ValueError(f"paired: min_pairs must be >= 2 (a paired t needs two pairs), got {min_pairs}")
     for name in (reference, target):
         if name is not None and name not in runs_by_group:
             raise ValueError(f"paired: no group {name!r} (groups: {', '.join(runs_by_group)})")
@@ -354,17 +359,19 @@ def paired_study(runs_by_group: Mapping[str, Sequence[Any]], reference: str | No
                 seen.add(k)
                 unpaired.append(u)
     out = {"reference": reference, "target": target, "level": level, "n_boot": n_boot, "boot_seed": boot_seed,
-           "comparisons": comparisons, "unpaired": unpaired, "goals": []}
+           "comparisons": comparisons, "unpaired": unpaired, "goals": [], "min_pairs": int(min_pairs),
+           "interim": None}
     decisive = next((c for c in comparisons if c["a"] == target and c["b"] == reference), None)
     if decisive is not None:
+        out["interim"] = decisive["n_pairs"] < int(min_pairs)
         for key, lb in (("efficiency", goal_eff_lb), ("correctness", goal_correct_lb)):
             m = decisive["metrics"].get(key)
             goal: dict[str, Any] = {"metric": key, "lower_bound_above": lb, "unit": "points"}
             if m is not None:
                 goal.update(mean=m["mean"], t_low=m["t_low"], t_high=m["t_high"],
                             boot_low=m["boot_low"], boot_high=m["boot_high"], n=m["n"],
-                            met_t=None if m["t_low"] is None else 100 * m["t_low"] > lb,
-                            met_bootstrap=None if m["boot_low"] is None else 100 * m["boot_low"] > lb)
+                            met_t=None if m["t_low"] is None or out["interim"] else 100 * m["t_low"] > lb,
+                            met_bootstrap=None if m["boot_low"] is None or out["interim"] else 100 * m["boot_low"] > lb)
             out["goals"].append(goal)
     return out
 
@@ -415,6 +422,9 @@ def markdown(study: Mapping[str, Any]) -> str:
     if decisive is not None:
         lines += [f"### `{tgt}` vs `{ref}`", "",
                   f"{decisive['n_pairs']} pair(s), seeds {', '.join(map(str, decisive['seeds'])) or '-'}."]
+        if study.get("interim"):
+            lines.append(f"**Interim**: {decisive['n_pairs']} of the {study['min_pairs']} seed pairs the design needs; "
+                         f"the intervals are shown, no goal is decided.")
         for g in study["goals"]:
             key, lb = g["metric"], g["lower_bound_above"]
             m = decisive["metrics"].get(key)
@@ -422,7 +432,8 @@ def markdown(study: Mapping[str, Any]) -> str:
                 lines.append(f"- {_LABEL[key].capitalize()}: not in both groups.")
                 continue
             verdict = "; ".join(f"{name} lower bound > {lb:g} points: "
-                                + ("n/a" if g[flag] is None else "**yes**" if g[flag] else "**no**")
+                                + ("interim" if study.get("interim") else "n/a" if g[flag] is None
+                                   else "**yes**" if g[flag] else "**no**")
                                 for name, flag in (("t", "met_t"), ("bootstrap", "met_bootstrap")))
             lines.append(f"- {_LABEL[key].capitalize()}: {_f(m['mean'], key)} points, t {_ci(m, key, 't')}, "
                          f"bootstrap {_ci(m, key, 'boot')}. Goal: {verdict}.")
