@@ -121,3 +121,36 @@ def test_missing_eval_is_named(run):
     wc = _load()
     with pytest.raises(SystemExit, match="ase/trajectories.jsonl missing"):
         wc.run_checks(run, "ase", forced=False)
+
+
+def test_world_checks_on_a_smoke_run_with_real_forced_rollouts(tmp_path: Path):
+    """The calibration world end to end at smoke size: world, seed agent, eval, then the checks with
+    check 1b's forced no-call rollouts run for real by the run's own policy, tools, grader and grammar."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "smoke_calibration"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "etagent", "preset=smoke", "task=calibration", "seed_agent=calibration",
+           "stages=[world,seed,eval]", "logger=none", f"hydra.run.dir={run}"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = _load().run_checks(run, "seed", forced=True)
+    examples = [json.loads(line) for line in (run / "world" / "test.jsonl").read_text().splitlines()]
+    zero = [e for e in examples if not e["plan"]]
+    # plan lengths: every test question counted once under its plan's number of calls
+    assert sum(res["plan_lengths"]["all"].values()) == len(examples) == 32
+    assert res["plan_lengths"]["all"]["0"] == len(zero) > 0
+    assert {str(e["meta"]["type"]) for e in zero} <= {"qa_copy", "qa_recall"}
+    # check 1b ran: one forced greedy no-call rollout per zero-call question, cached beside the run
+    forced = (run / "world_checks" / "forced_no_call.jsonl").read_text().splitlines()
+    assert len(forced) == len(zero) and res["zero_call"]["all"]["n_forced"] == len(zero)
+    assert all(json.loads(t)["group_id"].startswith("forced:") for t in forced)
+    assert len(res["checks"]) == 6  # 1a, 1b, 2, 3a, 3b, 4: each measured, with its number
+    for name, c in res["checks"].items():
+        if name.startswith("1a") and res["zero_call"]["all"]["n_no_call"] == 0:
+            assert c["value"] is None and not c["met"]  # a 40-step seed calls on every one: nothing to rate
+            continue
+        assert c["value"] is not None and -1.0 <= c["value"] <= 1.0 and c["value_text"], name
+    assert (run / "world_checks.md").exists() and "| check | measured | goal | met |" in (run / "world_checks.md").read_text()

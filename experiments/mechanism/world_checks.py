@@ -210,6 +210,7 @@ def forced_rollouts(run: Path, policy_name: str, examples: Sequence[Example]) ->
     from omegaconf import OmegaConf
 
     from etagent.backends.base import SamplingParams
+    from etagent.config.build import build
     from etagent.pipeline import components as C
     from etagent.pipeline.context import RunContext
 
@@ -220,12 +221,18 @@ def forced_rollouts(run: Path, policy_name: str, examples: Sequence[Example]) ->
     path = ctx.policies().get(policy_name)
     if path is None:
         raise SystemExit(f"{run}: no finished policy {policy_name!r} (have {sorted(ctx.policies())})")
-    backend, _model = C.policy_backend(ctx, path)
-    with C.make_toolset(ctx) as tools:
-        engine = C.make_engine(ctx, backend, tools)
+    ecfg = cfg.eval
+    env = C.run_env(ctx)
+    try:
+        backend, _model = C.policy_backend(ctx, path)
+        # the eval stage's engine: the run's grader at eval.qa_metric, eval.budget, eval's answer reader
+        engine = C.make_engine(ctx, backend, env.grader.with_metric(ecfg.qa_metric), budget=ecfg.budget,
+                               answer_extraction=build(ecfg, "eval").engine_extraction)
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=int(engine.max_turn_tokens), seed=int(cfg.seed))
         return engine.rollout(list(examples), 1, params, prefixes=[NO_CALL_PREFIX] * len(examples),
                               group_prefix="forced:")
+    finally:
+        env.close()
 
 
 def _pct(x: Any) -> str:
