@@ -154,3 +154,24 @@ def test_world_checks_on_a_smoke_run_with_real_forced_rollouts(tmp_path: Path):
             continue
         assert c["value"] is not None and -1.0 <= c["value"] <= 1.0 and c["value_text"], name
     assert (run / "world_checks.md").exists() and "| check | measured | goal | met |" in (run / "world_checks.md").read_text()
+
+
+def test_seed_checks_table_marks_what_missed_its_goal(tmp_path: Path):
+    """experiments/mechanism/seed_checks.py: one row per seed agent with checks; a missed goal in bold."""
+    spec = importlib.util.spec_from_file_location("seed_checks", REPO / "experiments" / "mechanism" / "seed_checks.py")
+    sc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sc)
+    sweep = tmp_path / "sweep"
+    for seed, red in ((0, 0.416), (3, 0.12)):
+        d = sweep / "seed_agent" / f"seed_{seed}"
+        d.mkdir(parents=True)
+        checks = {"3a. redundant trajectories": {"value": red, "goal": 0.2, "met": red >= 0.2, "value_text": f"{100 * red:.1f} %"}}
+        (d / "world_checks.json").write_text(json.dumps({"checks": checks}))
+    (sweep / "seed_agent" / "seed_1").mkdir()  # no checks yet: left out
+    (sweep / "seed_agent" / "seed_0.log").write_text("a job log beside the run dirs\n")
+    rows = sc.collect(sweep)
+    assert [r["seed"] for r in rows] == [0, 3] and "budgets" not in rows[0]
+    md = sc.markdown(rows, "et_agent")
+    assert "| 0 | 41.6 % |" in md and "| 3 | **12.0 %** |" in md and "| 0 | - | - | - | - |" in md
+    assert sc.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "seed_checks.json").read_text())[1]["checks"]["3a. redundant trajectories"]["met"] is False
