@@ -38,16 +38,15 @@ from typing import Any, Mapping, Sequence
 from etagent.records import QA, Example
 from etagent.seed.teacher import (
     ABORTED,
-    FLAWS,
     NEEDED,
     REDUNDANT,
     FlawRates,
     _Call,
     _execute,
     _malformed,
-    _render,
     _Script,
     _wrong_answer,
+    teacher_row,
 )
 
 
@@ -153,22 +152,4 @@ class CalibrationTeacher:
                 rng = random.Random(f"teacher:{self.seed}:{ex.id}:{k}")
                 scripts.append((ex, k, script(ex, self.rates[qtype], rng)))
         results = _execute(toolset, [(c.kind, c.query) for _, _, sc in scripts for c in sc.calls])
-        out: list[dict] = []
-        for ex, k, sc in scripts:
-            expects = {(p.tool, p.query): p.expect for p in ex.plan or []}
-            out.append({
-                "id": f"teacher-{ex.id}-{k}",
-                "example_id": ex.id,
-                "response_text": _render(sc, results, toolset.grammar),  # the tool set's own grammar
-                "flaws": [f for f in FLAWS if f in sc.flaws],
-                "answer": sc.answer,
-                "correct": not (sc.flaws & {"insufficient", "erroneous"}),
-                "calls": [{"kind": c.kind, "query": c.query, "role": c.role,
-                           "status": results[(c.kind, c.query)].status} for c in sc.calls],
-                "missing_calls": sc.missing,
-                "plan_ok": all(expects[(c.kind, c.query)] in results[(c.kind, c.query)].output
-                               for c in sc.calls if c.role == NEEDED),
-                "domain": ex.domain,
-                "type": ex.meta.get("type"),
-            })
-        return out
+        return [teacher_row(ex, k, sc, results, toolset.grammar) for ex, k, sc in scripts]

@@ -354,24 +354,30 @@ def write_teacher_trajectories(
     for ex, k, sc in scripts:
         if restate_evidence:
             _restate_evidence(ex, sc, results)
-        expects = {(p.tool, p.query): p.expect for p in ex.plan or []}
-        plan_ok = all(expects[(c.kind, c.query)] in results[(c.kind, c.query)].output
-                      for c in sc.calls if c.role == NEEDED)
-        out.append({
-            "id": f"teacher-{ex.id}-{k}",
-            "example_id": ex.id,
-            "response_text": _render(sc, results, toolset.grammar),  # the tool set's own grammar
-            "flaws": [f for f in FLAWS if f in sc.flaws],
-            "answer": sc.answer,
-            "correct": not (sc.flaws & {"insufficient", "erroneous"}),
-            "calls": [{"kind": c.kind, "query": c.query, "role": c.role,
-                       "status": results[(c.kind, c.query)].status} for c in sc.calls],
-            "missing_calls": sc.missing,
-            "plan_ok": plan_ok,
-            "domain": ex.domain,
-            "type": ex.meta.get("type"),
-        })
+        out.append(teacher_row(ex, k, sc, results, toolset.grammar))
     return out
+
+
+def teacher_row(ex: Example, k: int, sc: "_Script", results: Mapping[tuple[str, str], Any], grammar: Any) -> dict:
+    """The teacher-trajectory row of sample ``k`` of ``ex`` (schema: :func:`write_teacher_trajectories`),
+    its text rendered with ``grammar`` (the tool set's own)."""
+    expects = {(p.tool, p.query): p.expect for p in ex.plan or []}
+    return {
+        "id": f"teacher-{ex.id}-{k}",
+        "example_id": ex.id,
+        "response_text": _render(sc, results, grammar),
+        "flaws": [f for f in FLAWS if f in sc.flaws],
+        "answer": sc.answer,
+        "correct": not (sc.flaws & {"insufficient", "erroneous"}),
+        "calls": [{"kind": c.kind, "query": c.query, "role": c.role,
+                   "status": results[(c.kind, c.query)].status} for c in sc.calls],
+        "missing_calls": sc.missing,
+        # a needed call's result must show the plan's value (else a tool or world bug)
+        "plan_ok": all(expects[(c.kind, c.query)] in results[(c.kind, c.query)].output
+                       for c in sc.calls if c.role == NEEDED),
+        "domain": ex.domain,
+        "type": ex.meta.get("type"),
+    }
 
 
 def summarize(trajectories: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
