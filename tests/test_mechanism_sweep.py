@@ -90,13 +90,13 @@ def test_mechanism_sweep_fails_clearly_before_any_run(tmp_path: Path, kw, msg):
 
 def test_mechanism_sweep_plan_reuses_the_right_stages(tmp_path: Path):
     """DRY_RUN=1: every group's job and what it reuses (the no_flywheel path included), nothing run."""
-    env = _env(tmp_path, DRY_RUN="1", EXTRA="", STUDY_GROUPS="et_agent plain_grpo no_flywheel no_pareto one_stage")
+    env = _env(tmp_path, DRY_RUN="1", EXTRA="", STUDY_GROUPS="et_agent plain_grpo no_flywheel no_pareto one_stage et_agent_sigma0")
     r = _run(env, timeout=60)
     assert r.returncode == 0, r.stderr
     sweep = tmp_path / "sweep"
     plan = [line.split() for line in r.stdout.splitlines() if line.startswith("[mechanism] plan ")]
     jobs = {(p[2], p[3]): p[4:] for p in plan}
-    assert len(jobs) == len(plan) == 2 * 7  # per seed: the seed agent, rft_only and the five groups
+    assert len(jobs) == len(plan) == 2 * 8  # per seed: the seed agent, rft_only and the six groups
     assert jobs[("seed_agent", "seed=1")] == ["preset=smoke", "stages=[world,seed,eval]"]
     for s in (0, 1):
         seed_agent = f"init_from={sweep}/seed_agent/seed_{s}"
@@ -104,7 +104,8 @@ def test_mechanism_sweep_plan_reuses_the_right_stages(tmp_path: Path):
             assert jobs[(name, f"seed={s}")] == ["preset=smoke", f"experiment={name}", seed_agent, "init_stages=[world,seed]"]
         assert jobs[("rft_only", f"seed={s}")] == ["preset=smoke", "experiment=rft_only", "stages=[world,seed,flywheel,ase]",
                                                   seed_agent, "init_stages=[world,seed]"]
-        for name, base in (("no_pareto", "et_agent"), ("one_stage", "et_agent"), ("no_flywheel", "rft_only")):
+        for name, base in (("no_pareto", "et_agent"), ("one_stage", "et_agent"), ("et_agent_sigma0", "et_agent"),
+                           ("no_flywheel", "rft_only")):
             assert jobs[(name, f"seed={s}")] == ["preset=smoke", f"experiment={name}", f"init_from={sweep}/{base}/seed_{s}",
                                                  "init_stages=[world,seed,flywheel,ase]"]
     # phases: every seed agent before any group, every group a run reuses before it
@@ -113,6 +114,6 @@ def test_mechanism_sweep_plan_reuses_the_right_stages(tmp_path: Path):
         assert order.index(("seed_agent", f"seed={s}")) < min(
             order.index((g, f"seed={s}")) for g in ("et_agent", "plain_grpo", "rft_only"))
         assert max(order.index((g, f"seed={s}")) for g in ("et_agent", "rft_only")) < min(
-            order.index((g, f"seed={s}")) for g in ("no_pareto", "one_stage", "no_flywheel"))
+            order.index((g, f"seed={s}")) for g in ("no_pareto", "one_stage", "et_agent_sigma0", "no_flywheel"))
     # seed-major: seed 0 is complete before seed 1 starts (a sweep cut short leaves whole paired seeds)
     assert max(i for i, (_, s) in enumerate(order) if s == "seed=0") < min(i for i, (_, s) in enumerate(order) if s == "seed=1")

@@ -16,7 +16,7 @@ from etagent.config.validate import ConfigError
 from etagent.rl.curriculum import Schedule, StageSpec, merge_stages, rl_budget
 
 # the groups whose RL must spend the same compute (et_agent_released has its own recipe)
-EQUAL_BUDGET = ("et_agent", "plain_grpo", "no_pareto", "no_flywheel", "one_stage")
+EQUAL_BUDGET = ("et_agent", "plain_grpo", "no_pareto", "no_flywheel", "one_stage", "et_agent_sigma0")
 
 
 def _sets_schedule(path: Path) -> bool:
@@ -67,6 +67,38 @@ def test_plain_grpo_is_seed_to_correctness_grpo_on_random_questions(tmp_path):
     et = compose(["experiment=et_agent"])
     keys = ("steps", "sample_questions", "k", "select")
     assert [{k: s[k] for k in keys} for s in cfg.schedule.stages] == [{k: s[k] for k in keys} for s in et.schedule.stages]
+
+
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{prefix}{i}.")
+    else:
+        yield prefix[:-1], node
+
+
+@pytest.mark.parametrize("preset", [None, "mechanism"])
+def test_et_agent_sigma0_is_et_agent_with_the_shaping_switched_off(preset, tmp_path):
+    """The exploratory group of DESIGN.md amendment 2 isolates the reward: against et_agent only the
+    run name and the two sigmas (and the stage sigmas that follow them) may differ."""
+    extra = [f"preset={preset}"] if preset else []
+    flat = {}
+    for exp in ("et_agent", "et_agent_sigma0"):
+        cfg = compose([f"experiment={exp}", *extra], run_dir=tmp_path)
+        flat[exp] = dict(_leaves(OmegaConf.to_container(cfg, resolve=True)))
+    assert flat["et_agent"].keys() == flat["et_agent_sigma0"].keys()
+    differ = {k for k in flat["et_agent"] if flat["et_agent"][k] != flat["et_agent_sigma0"][k]}
+    n_stages = 3 if preset == "mechanism" else 2
+    stage_sigmas = {f"schedule.stages.{i}.{s}" for i in range(n_stages) for s in ("sigma_tool", "sigma_len")}
+    # logger.name is the run name (an interpolation of run_name)
+    assert differ == {"run_name", "logger.name", "reward.sigma_tool", "reward.sigma_len", *stage_sigmas}
+    assert flat["et_agent_sigma0"]["logger.name"] == flat["et_agent_sigma0"]["run_name"] == "et_agent_sigma0"
+    assert flat["et_agent"]["reward.sigma_tool"] > 0 and flat["et_agent"]["reward.sigma_len"] > 0
+    assert all(flat["et_agent_sigma0"][k] == 0 for k in stage_sigmas | {"reward.sigma_tool", "reward.sigma_len"})
+    assert flat["et_agent_sigma0"]["reward.mode"] == "efficiency"  # the factors exist and equal 1
 
 
 def test_schedule_one_stage_option_builds_the_stage_it_always_had():

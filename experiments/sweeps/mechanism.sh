@@ -15,7 +15,8 @@
 #            plain_grpo   from seed_agent [world,seed]: RL from the seed agent (no flywheel, no ASE)
 #            rft_only     from seed_agent [world,seed] (only when no_flywheel is a group): RFT data -> ASE, no eval
 #            any other group that phase 3 does not name: from seed_agent [world,seed]
-#   phase 3  et_agent_released, no_pareto, one_stage   from et_agent [world,seed,flywheel,ase]: RL only
+#   phase 3  et_agent_released, et_agent_sigma0,     from et_agent [world,seed,flywheel,ase]: RL only
+#            no_pareto, one_stage
 #            no_flywheel                               from rft_only [world,seed,flywheel,ase]: RL only
 # Reusing a stage is sound because the groups differ only after it (their experiment files
 # change RL settings, or the flywheel for no_flywheel/rft_only); init_from copies finished stages.
@@ -80,7 +81,8 @@ export -f one
 phase() { xargs -r -P "$JOBS" -L 1 bash -c 'one "$@"' _; }
 
 # phase 3 groups reuse the flywheel + ASE of another run of the same seed
-declare -A REUSE=([et_agent_released]=et_agent [no_pareto]=et_agent [one_stage]=et_agent [no_flywheel]=rft_only)
+declare -A REUSE=([et_agent_released]=et_agent [et_agent_sigma0]=et_agent [no_pareto]=et_agent [one_stage]=et_agent
+                  [no_flywheel]=rft_only)
 
 # Seed-major: every group of seed s finishes before seed s+1 starts, so a sweep cut short leaves
 # whole paired seeds (the statistics use the seeds complete in both groups), not five lone seed agents.
