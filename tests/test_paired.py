@@ -213,3 +213,20 @@ def test_fewer_pairs_than_the_design_needs_is_interim(sweep: Path, tmp_path: Pat
     assert "**Interim**: 4 of the 6 seed pairs the design needs" in md and "t lower bound > 0 points: interim" in md
     with pytest.raises(ValueError, match="min_pairs must be >= 2"):
         compare([sweep], tmp_path / "c", start_policy=None, target="full", reference="plain", n_boot=10, min_pairs=1)
+
+
+def test_an_exploratory_comparison_never_decides_a_goal(sweep: Path, tmp_path: Path, capsys):
+    """A group added after a result was seen: intervals identical to the decided run's, no goal decided."""
+    decided = compare([sweep], tmp_path / "a", start_policy=None, target="full", reference="plain", n_boot=200, min_pairs=4)
+    assert decided["paired"]["exploratory"] is False and decided["paired"]["goals"][0]["met_t"] is True
+    assert main([str(sweep), "--out", str(tmp_path / "x"), "--reference", "plain", "--target", "full", "--bootstrap", "200",
+                 "--min-pairs", "4", "--start-policy", "none", "--exploratory"]) == 0
+    capsys.readouterr()
+    res = json.loads((tmp_path / "x" / "compare.json").read_text())["paired"]
+    assert res["exploratory"] is True and res["interim"] is False
+    for g, d in zip(res["goals"], decided["paired"]["goals"]):
+        assert (g["t_low"], g["boot_low"]) == (d["t_low"], d["boot_low"])
+        assert g["met_t"] is None and g["met_bootstrap"] is None
+    md = (tmp_path / "x" / "compare.md").read_text()
+    assert "**Exploratory**: a comparison outside the design's decision rule" in md
+    assert "t lower bound > 0 points: exploratory, not decided" in md and "**yes**" not in md

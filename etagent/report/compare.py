@@ -265,7 +265,8 @@ def paired_section(runs: Sequence[SweepRun], reference: str | None, target: str 
 def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, policy: str = "final",
             start_policy: str | None = "seed", target: str | None = "experiment=et_agent",
             reference: str | None = None, n_boot: int = 2000, boot_seed: int = 0,
-            goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0, min_pairs: int = 2) -> dict[str, Any]:
+            goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0, min_pairs: int = 2,
+            exploratory: bool = False) -> dict[str, Any]:
     """Aggregate the runs under ``paths`` and write compare.{md,csv,json} + radar.png; returns the JSON.
 
     ``start_policy`` adds the runs' starting policy (default the seed agent) as a first row;
@@ -274,7 +275,7 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
     against it and of ``target`` against every other group (:mod:`etagent.report.paired`), with
     ``n_boot`` question resamples (RNG ``boot_seed``) and the goals on the target's lower bounds
     (``goal_eff_lb`` / ``goal_correct_lb``, in points), decided only with ``min_pairs`` seed pairs
-    (fewer: an interim section). Group names may be short
+    (fewer: an interim section; ``exploratory``: never decided). Group names may be short
     (``et_agent`` = the group with ``experiment=et_agent``).
     """
     from etagent.report.verdict import verdict
@@ -290,7 +291,8 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None, poli
     ref = reference_group(found, start_policy) if start_policy and start_policy != policy else None
     judged = verdict(groups, target, ref) if target else None
     paired_res = paired_section(runs, reference, target, n_boot=n_boot, boot_seed=boot_seed,
-                                goal_eff_lb=goal_eff_lb, goal_correct_lb=goal_correct_lb, min_pairs=min_pairs)
+                                goal_eff_lb=goal_eff_lb, goal_correct_lb=goal_correct_lb, min_pairs=min_pairs,
+                                exploratory=exploratory)
     if ref is not None:
         groups = [ref, *groups]
     if out_dir is None:
@@ -361,12 +363,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-pairs", type=int, default=2,
                     help="seed pairs needed to decide the goals (default 2; a design's seed count, e.g. 5): "
                          "with fewer the paired section is marked interim and decides nothing")
+    ap.add_argument("--exploratory", action="store_true",
+                    help="the comparison is outside a design's decision rule (e.g. a group added after a result was "
+                         "seen): intervals only, no goal decided, marked exploratory")
     args = ap.parse_args(argv)
     none = lambda v: None if v in (None, "", "none") else v  # noqa: E731
     try:
         res = compare(args.paths, args.out, args.policy, none(args.start_policy), none(args.target),
                       none(args.reference), n_boot=args.bootstrap, boot_seed=args.bootstrap_seed,
-                      goal_eff_lb=args.goal_eff_lb, goal_correct_lb=args.goal_correct_lb, min_pairs=args.min_pairs)
+                      goal_eff_lb=args.goal_eff_lb, goal_correct_lb=args.goal_correct_lb, min_pairs=args.min_pairs,
+                      exploratory=args.exploratory)
     except (FileNotFoundError, ValueError) as exc:
         print(f"etagent-compare: {exc}", file=sys.stderr)
         return 2

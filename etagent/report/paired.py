@@ -328,13 +328,15 @@ def _num(v: Any) -> float | None:
 def paired_study(runs_by_group: Mapping[str, Sequence[Any]], reference: str | None, target: str | None,
                  units: Callable[[Any], Units | None], *, n_boot: int = N_BOOT, boot_seed: int = BOOT_SEED,
                  level: float = LEVEL, goal_eff_lb: float = 0.0, goal_correct_lb: float = -2.0,
-                 min_pairs: int = 2) -> dict[str, Any]:
+                 min_pairs: int = 2, exploratory: bool = False) -> dict[str, Any]:
     """Every group minus ``reference``, and ``target`` minus every other group (its ablations).
 
     ``goal_eff_lb`` / ``goal_correct_lb`` are in points (percentage points): the target-minus-
     reference interval's lower bound must exceed them (efficiency and correctness). A goal is
     decided only with at least ``min_pairs`` seed pairs (a pre-registered design's seed count):
     below it the section is *interim*, the intervals are shown and ``met_*`` stay None.
+    ``exploratory``: a comparison outside a design's decision rule (e.g. a group added after a
+    result was seen): the intervals are shown and no goal is ever decided (``met_*`` stay None).
     """
     if int(min_pairs) < 2:
         raise ValueError(f"paired: min_pairs must be >= 2 (a paired t needs two pairs), got {min_pairs}")
@@ -360,18 +362,19 @@ def paired_study(runs_by_group: Mapping[str, Sequence[Any]], reference: str | No
                 unpaired.append(u)
     out = {"reference": reference, "target": target, "level": level, "n_boot": n_boot, "boot_seed": boot_seed,
            "comparisons": comparisons, "unpaired": unpaired, "goals": [], "min_pairs": int(min_pairs),
-           "interim": None}
+           "interim": None, "exploratory": bool(exploratory)}
     decisive = next((c for c in comparisons if c["a"] == target and c["b"] == reference), None)
     if decisive is not None:
         out["interim"] = decisive["n_pairs"] < int(min_pairs)
+        undecided = out["interim"] or out["exploratory"]
         for key, lb in (("efficiency", goal_eff_lb), ("correctness", goal_correct_lb)):
             m = decisive["metrics"].get(key)
             goal: dict[str, Any] = {"metric": key, "lower_bound_above": lb, "unit": "points"}
             if m is not None:
                 goal.update(mean=m["mean"], t_low=m["t_low"], t_high=m["t_high"],
                             boot_low=m["boot_low"], boot_high=m["boot_high"], n=m["n"],
-                            met_t=None if m["t_low"] is None or out["interim"] else 100 * m["t_low"] > lb,
-                            met_bootstrap=None if m["boot_low"] is None or out["interim"] else 100 * m["boot_low"] > lb)
+                            met_t=None if m["t_low"] is None or undecided else 100 * m["t_low"] > lb,
+                            met_bootstrap=None if m["boot_low"] is None or undecided else 100 * m["boot_low"] > lb)
             out["goals"].append(goal)
     return out
 
@@ -422,7 +425,10 @@ def markdown(study: Mapping[str, Any]) -> str:
     if decisive is not None:
         lines += [f"### `{tgt}` vs `{ref}`", "",
                   f"{decisive['n_pairs']} pair(s), seeds {', '.join(map(str, decisive['seeds'])) or '-'}."]
-        if study.get("interim"):
+        if study.get("exploratory"):
+            lines.append("**Exploratory**: a comparison outside the design's decision rule; the intervals are shown, "
+                         "no goal is decided.")
+        elif study.get("interim"):
             lines.append(f"**Interim**: {decisive['n_pairs']} of the {study['min_pairs']} seed pairs the design needs; "
                          f"the intervals are shown, no goal is decided.")
         for g in study["goals"]:
@@ -432,7 +438,8 @@ def markdown(study: Mapping[str, Any]) -> str:
                 lines.append(f"- {_LABEL[key].capitalize()}: not in both groups.")
                 continue
             verdict = "; ".join(f"{name} lower bound > {lb:g} points: "
-                                + ("interim" if study.get("interim") else "n/a" if g[flag] is None
+                                + ("exploratory, not decided" if study.get("exploratory")
+                                   else "interim" if study.get("interim") else "n/a" if g[flag] is None
                                    else "**yes**" if g[flag] else "**no**")
                                 for name, flag in (("t", "met_t"), ("bootstrap", "met_bootstrap")))
             lines.append(f"- {_LABEL[key].capitalize()}: {_f(m['mean'], key)} points, t {_ci(m, key, 't')}, "
