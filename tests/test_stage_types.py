@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from fake_run import make_question_run
 
+from etagent.records import Example, write_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("stage_types", ROOT / "experiments" / "mechanism" / "stage_types.py")
 stage_types = importlib.util.module_from_spec(spec)
@@ -23,9 +25,9 @@ def _sweep(root: Path) -> Path:
                            (1, [(True, 2), (True, 2), (False, 1), (True, 1)])):
         run = make_question_run(root / "full" / f"seed_{seed}", seed=seed, overrides=["experiment=full"],
                                 questions=QUESTIONS, outcomes=outcomes, policy="rl_stage_1")
-        (run / "world" / "train.jsonl").write_text("".join(
-            json.dumps({"id": f"t{i}", "question": "x", "answers": ["1"], "meta": {"type": t}}) + "\n"
-            for i, t in enumerate(["calc", "hop1"])))
+        write_jsonl(run / "world" / "train.jsonl", [Example(id=f"t{i}", question="x", answers=["1"], domain="math",
+                                                            source="synthetic-math", split="train", meta={"type": t})
+                                                    for i, t in enumerate(["calc", "hop1"])])
         rows = [{"example_id": "t0", "tool_calls": [{}, {}], "meta": {"strategy": "sample"}},
                 {"example_id": "t1", "tool_calls": [{}], "meta": {"strategy": "modify_redundancy"}},
                 {"example_id": "t1", "tool_calls": [{}, {}], "meta": {"strategy": "sample"}}]
@@ -54,6 +56,9 @@ def test_missing_inputs_fail_naming_the_file(tmp_path: Path, capsys):
     (sweep / "full" / "seed_1" / "flywheel" / "sft.jsonl").unlink()
     assert stage_types.main([str(sweep), "--groups", "full", "--ase-sets", "full", "--out", str(tmp_path / "o")]) == 2
     assert "seed_1/flywheel/sft.jsonl is missing" in capsys.readouterr().err
+    (sweep / "full" / "seed_0" / "flywheel" / "sft.jsonl").write_text('{"example_id": "t0"}\n{"example_id"\n')
+    with pytest.raises(ValueError, match=r"seed_0/flywheel/sft.jsonl:2: "):  # file and line named
+        stage_types.collect(sweep, ["full"], ["full"])
     (sweep / "full" / "seed_0" / "world" / "test.jsonl").write_text('{"id": "q0"\n')
     with pytest.raises(ValueError, match=r"seed_0/world/test.jsonl:1: "):  # file and line named
         stage_types.collect(sweep, ["full"], [])

@@ -16,7 +16,6 @@ stage that made it. Question rows come from the report's own reader
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import Counter, defaultdict
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from etagent.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+from etagent.utils.io import atomic_write_json, atomic_write_text, read_jsonl_dicts  # noqa: E402
 
 POLICY_ORDER = ("seed", "ase", "rl_stage_1", "rl_stage_2", "rl_stage_3", "rl_stage_4")
 
@@ -37,19 +36,12 @@ def _seed_dirs(group_dir: Path) -> list[Path]:
 
 
 def _types(run_dir: Path, split: str) -> dict[str, str]:
+    from etagent.records import Example, read_jsonl
+
     path = run_dir / "world" / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"stage_types: {path} is missing (the run's world holds the question types)")
-    out = {}
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"stage_types: {path}:{n}: not JSON ({exc})") from exc
-                out[d["id"]] = str((d.get("meta") or {}).get("type") or "(none)")
-    return out
+    return {e.id: str((e.meta or {}).get("type") or "(none)") for e in read_jsonl(path, Example)}
 
 
 def policy_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -79,18 +71,11 @@ def ase_set_rows(run_dir: Path) -> list[dict[str, Any]]:
     types = _types(run_dir, "train")
     calls: dict[str, Counter] = defaultdict(Counter)
     edited: Counter = Counter()
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"stage_types: {path}:{n}: not JSON ({exc})") from exc
-            t = types.get(d["example_id"], "(none)")
-            calls[t][len(d.get("tool_calls") or [])] += 1
-            # a sampled trajectory has no flywheel strategy (or the sampler's "standard")
-            edited[t] += (d.get("meta") or {}).get("strategy") not in (None, "sample", "standard")
+    for d in read_jsonl_dicts(path, tolerate_torn_tail=False):
+        t = types.get(d["example_id"], "(none)")
+        calls[t][len(d.get("tool_calls") or [])] += 1
+        # a sampled trajectory has no flywheel strategy (or the sampler's "standard")
+        edited[t] += (d.get("meta") or {}).get("strategy") not in (None, "sample", "standard")
     return [{"type": t, "n": sum(h.values()), "calls_hist": dict(sorted(h.items())),
              "mean_calls": sum(k * v for k, v in h.items()) / sum(h.values()), "edited": edited[t] / sum(h.values())}
             for t, h in sorted(calls.items())]
